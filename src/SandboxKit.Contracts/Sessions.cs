@@ -1,0 +1,94 @@
+namespace SandboxKit.Contracts;
+
+/// <summary>Body of <c>POST /v1/sessions</c>. Every field is optional and bounded by the server's maxima.</summary>
+public sealed record CreateSessionRequest
+{
+    /// <summary>Image to run; must be on the server's allow-list. Defaults to the server's sandbox image.</summary>
+    public string? Image { get; init; }
+
+    /// <summary>Memory limit in bytes (swap included). Defaults to 512 MiB.</summary>
+    public long? MemoryBytes { get; init; }
+
+    /// <summary>CPU limit in cores (e.g. 0.5). Defaults to half a core.</summary>
+    public double? Cpus { get; init; }
+
+    /// <summary>Maximum number of processes in the sandbox.</summary>
+    public int? PidsLimit { get; init; }
+
+    /// <summary>Environment variables set for every command of the session.</summary>
+    public IReadOnlyDictionary<string, string>? Environment { get; init; }
+
+    /// <summary>Free-form labels the app can filter sessions by.</summary>
+    public IReadOnlyDictionary<string, string>? Metadata { get; init; }
+
+    /// <summary>Seconds without activity after which the session is removed.</summary>
+    public int? IdleTimeoutSeconds { get; init; }
+
+    /// <summary>Seconds after creation after which the session is removed whatever its activity.</summary>
+    public int? MaxLifetimeSeconds { get; init; }
+
+    /// <summary>Network mode: <c>none</c> (default) or a network the server allows.</summary>
+    public string? NetworkMode { get; init; }
+
+    /// <summary>Container runtime (<c>runc</c> or <c>runsc</c>) where the server allows a choice.</summary>
+    public string? Runtime { get; init; }
+
+    /// <summary>The app's own end user. Sessions with a user id get that user's persistent storage.</summary>
+    public string? UserId { get; init; }
+}
+
+/// <summary>A session as the server describes it.</summary>
+public sealed record SessionInfo
+{
+    /// <summary>Session id.</summary>
+    public required string Id { get; init; }
+
+    /// <summary><c>running</c>, or <c>gone</c> when the container disappeared.</summary>
+    public required string Status { get; init; }
+
+    /// <summary>Image the session runs.</summary>
+    public required string Image { get; init; }
+
+    /// <summary>End user the session belongs to, if any.</summary>
+    public string? UserId { get; init; }
+
+    /// <summary>Metadata labels given at creation.</summary>
+    public required IReadOnlyDictionary<string, string> Metadata { get; init; }
+
+    /// <summary>Creation time.</summary>
+    public required DateTimeOffset CreatedAt { get; init; }
+
+    /// <summary>Last activity.</summary>
+    public required DateTimeOffset LastActivityAt { get; init; }
+
+    /// <summary>When the session expires if nothing happens before (idle deadline, capped by the maximum lifetime).</summary>
+    public required DateTimeOffset ExpiresAt { get; init; }
+
+    /// <summary>Hard end of the session's life.</summary>
+    public required DateTimeOffset MaxExpiresAt { get; init; }
+
+    /// <summary>Memory limit in bytes.</summary>
+    public required long MemoryBytes { get; init; }
+
+    /// <summary>CPU limit in cores.</summary>
+    public required double Cpus { get; init; }
+
+    /// <summary>Process limit.</summary>
+    public required int PidsLimit { get; init; }
+
+    /// <summary>Network mode.</summary>
+    public required string NetworkMode { get; init; }
+
+    /// <summary>Container runtime.</summary>
+    public required string Runtime { get; init; }
+
+    /// <summary>Path of the user's persistent storage inside the sandbox, when the session has a user id.</summary>
+    public string? PersistentStoragePath { get; init; }
+}
+
+/// <summary>Result of listing sessions.</summary>
+public sealed record SessionList
+{
+    /// <summary>The sessions.</summary>
+    public required IReadOnlyList<SessionInfo> Sessions { get; init; }
+}

@@ -1,0 +1,134 @@
+using System.Text;
+using System.Text.Json;
+using Microsoft.AspNetCore.Http.HttpResults;
+using SandboxKit.Contracts;
+using SandboxKit.Server.Auth;
+using SandboxKit.Server.Exec;
+using SandboxKit.Server.Sessions;
+
+namespace SandboxKit.Server.Api;
+
+internal static class CommandsApi
+{
+    private static readonly TimeSpan KeepAliveInterval = TimeSpan.FromSeconds(15);
+
+    public static RouteGroupBuilder MapCommandsApi(this IEndpointRouteBuilder app)
+    {
+        var group = app.MapGroup("/v1/sessions/{id}").WithTags("Commands").RequireTenant();
+        group.MapPost("/commands", ExecuteAsync)
+            .WithSummary("Run a bash command in the session's shell state and wait for its result (non-zero exit is a normal result).");
+        group.MapPost("/commands/stream", StreamAsync)
+            .WithSummary("Run a command and stream its events as Server-Sent Events; disconnecting kills the command.")
+            .Produces(StatusCodes.Status200OK, contentType: "text/event-stream");
+        group.MapPost("/code", RunCodeAsync)
+            .WithSummary("Run python, node or bash source text as a file with its interpreter.");
+        return group;
+    }
+
+    private static async Task<Ok<ExecuteResult>> ExecuteAsync(
+        HttpContext http, SessionManager sessions, CommandService commands, string id, ExecuteRequest request, CancellationToken cancellationToken)
+    {
+        var session = sessions.Get(http.GetTenant(), id);
+        return TypedResults.Ok(await commands.ExecuteAsync(session, commands.ToAgentRequest(session, request), cancellationToken));
+    }
+
+    private static async Task<Ok<ExecuteResult>> RunCodeAsync(
+        HttpContext http, SessionManager sessions, CommandService commands, string id, RunCodeRequest request, CancellationToken cancellationToken)
+    {
+        var session = sessions.Get(http.GetTenant(), id);
+        return TypedResults.Ok(await commands.ExecuteAsync(session, commands.ToAgentRequest(session, request), cancellationToken));
+    }
+
+    private static async Task StreamAsync(
+        HttpContext http, SessionManager sessions, CommandService commands, string id, ExecuteRequest request, CancellationToken cancellationToken)
+    {
+        var session = sessions.Get(http.GetTenant(), id);
+        var agentRequest = commands.ToAgentRequest(session, request);
+        await using var stream = new ServerSentEvents(http.Response);
+        await stream.StartAsync(cancellationToken);
+        using var keepAlive = stream.StartKeepAlive(KeepAliveInterval, cancellationToken);
+        try
+        {
+            var result = await commands.RunAsync(session, agentRequest, stream.WriteAsync, cancellationToken);
+            await stream.WriteAsync(new CommandEvent { Type = CommandEventTypes.Exited, Result = result });
+        }
+        catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            // Headers are gone; the failure travels as the stream's last event.
+            var message = e is ApiProblemException p ? p.Detail ?? p.Title : e.Message;
+            await stream.WriteAsync(new CommandEvent { Type = CommandEventTypes.Error, Error = message });
+        }
+    }
+}
+
+/// <summary>Writes <see cref="CommandEvent"/>s as Server-Sent Events, one writer at a time.</summary>
+internal sealed class ServerSentEvents(HttpResponse response) : IAsyncDisposable
+{
+    private readonly SemaphoreSlim _lock = new(1, 1);
+    private long _lastWrite = Environment.TickCount64;
+
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        response.ContentType = "text/event-stream";
+        response.Headers.CacheControl = "no-cache";
+        response.Headers["X-Accel-Buffering"] = "no";
+        await response.StartAsync(cancellationToken);
+        await response.Body.FlushAsync(cancellationToken);
+    }
+
+    public async ValueTask WriteAsync(CommandEvent e)
+    {
+        var json = JsonSerializer.Serialize(e, SandboxJsonContext.Default.CommandEvent);
+        var bytes = Encoding.UTF8.GetBytes($"event: {e.Type}\ndata: {json}\n\n");
+        await _lock.WaitAsync();
+        try
+        {
+            await response.Body.WriteAsync(bytes);
+            await response.Body.FlushAsync();
+            _lastWrite = Environment.TickCount64;
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+
+    /// <summary>Sends a keepalive event after each <paramref name="interval"/> of silence, until disposed.</summary>
+    public IDisposable StartKeepAlive(TimeSpan interval, CancellationToken cancellationToken)
+    {
+        var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                while (!stop.IsCancellationRequested)
+                {
+                    await Task.Delay(interval / 3, stop.Token);
+                    if (Environment.TickCount64 - Interlocked.Read(ref _lastWrite) >= interval.TotalMilliseconds)
+                    {
+                        await WriteAsync(new CommandEvent { Type = CommandEventTypes.KeepAlive });
+                    }
+                }
+            }
+            catch (Exception e) when (e is OperationCanceledException or IOException or ObjectDisposedException)
+            {
+            }
+        }, CancellationToken.None);
+        return new CancelOnDispose(stop);
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        _lock.Dispose();
+        return ValueTask.CompletedTask;
+    }
+
+    private sealed class CancelOnDispose(CancellationTokenSource source) : IDisposable
+    {
+        public void Dispose()
+        {
+            source.Cancel();
+            source.Dispose();
+        }
+    }
+}

@@ -1,0 +1,120 @@
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.Extensions.Options;
+using SandboxKit.Server.Api;
+
+namespace SandboxKit.Server.Auth;
+
+/// <summary>API keys and tenants, bound from the <c>Auth</c> configuration section.</summary>
+public sealed class AuthOptions
+{
+    /// <summary>Configuration section name.</summary>
+    public const string Section = "Auth";
+
+    /// <summary>The accepted keys. With none, the server runs as one tenant and listens on loopback only.</summary>
+    public List<ApiKeyOptions> ApiKeys { get; set; } = [];
+
+    /// <summary>Concurrent-session quota of the single tenant used when no keys are configured.</summary>
+    public int DefaultMaxSessions { get; set; } = 50;
+}
+
+/// <summary>One API key. Give <see cref="KeySha256"/> (hex SHA-256 of the key) in production; <see cref="Key"/> is hashed at start.</summary>
+public sealed class ApiKeyOptions
+{
+    /// <summary>The key in plain text (convenient for development; prefer <see cref="KeySha256"/>).</summary>
+    public string? Key { get; set; }
+
+    /// <summary>Lower- or upper-case hex SHA-256 of the key.</summary>
+    public string? KeySha256 { get; set; }
+
+    /// <summary>Tenant the key belongs to; sessions are visible only to keys of the same tenant.</summary>
+    public string Tenant { get; set; } = "default";
+
+    /// <summary>Most sessions the tenant may have at once.</summary>
+    public int MaxSessions { get; set; } = 20;
+}
+
+/// <summary>Who is calling: the tenant a key maps to and its quotas.</summary>
+internal sealed record Tenant(string Name, int MaxSessions);
+
+/// <summary>Resolves the caller's tenant from <c>Authorization: Bearer</c> or <c>X-API-Key</c>; keys are kept only as hashes.</summary>
+internal sealed class TenantResolver
+{
+    private readonly Dictionary<string, Tenant> _byHash;
+    private readonly Tenant? _anonymous;
+
+    public TenantResolver(IOptions<AuthOptions> options)
+    {
+        _byHash = new Dictionary<string, Tenant>(StringComparer.Ordinal);
+        foreach (var key in options.Value.ApiKeys)
+        {
+            var hash = key.KeySha256?.Trim().ToLowerInvariant()
+                ?? (key.Key is { Length: > 0 } plain ? Hash(plain) : throw new StartupException("Auth:ApiKeys entry has neither Key nor KeySha256."));
+            if (hash.Length != 64)
+            {
+                throw new StartupException($"Auth:ApiKeys entry for tenant '{key.Tenant}' has a KeySha256 that is not 64 hex digits.");
+            }
+            _byHash[hash] = new Tenant(key.Tenant, key.MaxSessions);
+        }
+        _anonymous = _byHash.Count == 0 ? new Tenant("default", options.Value.DefaultMaxSessions) : null;
+    }
+
+    public bool KeysConfigured => _anonymous is null;
+
+    public Tenant Resolve(HttpContext context)
+    {
+        if (_anonymous is not null)
+        {
+            return _anonymous;
+        }
+        var key = ReadKey(context.Request);
+        if (key is null)
+        {
+            throw new ApiProblemException(StatusCodes.Status401Unauthorized, ProblemCodes.Unauthorized, "API key required",
+                "Send the key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.");
+        }
+        // Hashing first makes the dictionary lookup independent of how much of the key matches.
+        return _byHash.TryGetValue(Hash(key), out var tenant)
+            ? tenant
+            : throw new ApiProblemException(StatusCodes.Status401Unauthorized, ProblemCodes.Unauthorized, "Invalid API key", "The API key is not known to this server.");
+    }
+
+    private static string? ReadKey(HttpRequest request)
+    {
+        var auth = request.Headers.Authorization.ToString();
+        if (auth.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase))
+        {
+            return auth["Bearer ".Length..].Trim() is { Length: > 0 } bearer ? bearer : null;
+        }
+        return request.Headers["X-API-Key"].ToString() is { Length: > 0 } apiKey ? apiKey.Trim() : null;
+    }
+
+    public static string Hash(string key) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)));
+}
+
+internal static class TenantHttpContextExtensions
+{
+    private static readonly object Key = new();
+
+    public static Tenant GetTenant(this HttpContext context)
+    {
+        if (context.Items.TryGetValue(Key, out var value) && value is Tenant tenant)
+        {
+            return tenant;
+        }
+        tenant = context.RequestServices.GetRequiredService<TenantResolver>().Resolve(context);
+        context.Items[Key] = tenant;
+        return tenant;
+    }
+
+    /// <summary>Requires a valid key on every endpoint of the group before its handler runs.</summary>
+    public static RouteGroupBuilder RequireTenant(this RouteGroupBuilder group)
+    {
+        group.AddEndpointFilter(async (ctx, next) =>
+        {
+            ctx.HttpContext.GetTenant();
+            return await next(ctx);
+        });
+        return group;
+    }
+}

@@ -1,0 +1,28 @@
+using SandboxKit.Server;
+
+try
+{
+    var app = SandboxServerApp.Build(args);
+    await app.StartAsync();
+    foreach (var url in app.Urls)
+    {
+        Console.WriteLine($"SandboxKit server {ServerInfo.Version} listening on {url}");
+    }
+    await app.WaitForShutdownAsync();
+    return 0;
+}
+catch (StartupException e)
+{
+    Console.Error.WriteLine($"sandboxkit: {e.Message}");
+    return 1;
+}
+catch (IOException e) when (e.InnerException is Microsoft.AspNetCore.Connections.AddressInUseException || e.Message.Contains("address already in use", StringComparison.OrdinalIgnoreCase))
+{
+    Console.Error.WriteLine($"sandboxkit: cannot listen: {e.Message} Stop the other process or pass --urls http://127.0.0.1:<port>.");
+    return 1;
+}
+catch (Microsoft.Extensions.Options.OptionsValidationException e)
+{
+    Console.Error.WriteLine($"sandboxkit: invalid configuration: {string.Join("; ", e.Failures)}");
+    return 1;
+}

@@ -1,0 +1,104 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace SandboxKit.Server;
+
+/// <summary>Server settings, bound from the <c>Sandbox</c> configuration section (e.g. <c>Sandbox__DefaultMemoryBytes</c>).</summary>
+public sealed class SandboxOptions
+{
+    /// <summary>Configuration section name.</summary>
+    public const string Section = "Sandbox";
+
+    /// <summary>Docker endpoint; empty means <c>DOCKER_HOST</c>, else <c>unix:///var/run/docker.sock</c>.</summary>
+    public string? DockerEndpoint { get; set; }
+
+    /// <summary>Default image; empty means <c>sandboxkit/sandbox:&lt;server version&gt;</c>.</summary>
+    public string? Image { get; set; }
+
+    /// <summary>Further images sessions may ask for (the default image is always allowed).</summary>
+    public List<string> AllowedImages { get; set; } = [];
+
+    /// <summary>Memory limit of a session that does not ask for one (bytes; swap included).</summary>
+    [Range(16L << 20, long.MaxValue)]
+    public long DefaultMemoryBytes { get; set; } = 512L << 20;
+
+    /// <summary>Largest memory limit a session may ask for.</summary>
+    [Range(16L << 20, long.MaxValue)]
+    public long MaxMemoryBytes { get; set; } = 4L << 30;
+
+    /// <summary>CPU limit of a session that does not ask for one (cores).</summary>
+    [Range(0.01, 1024)]
+    public double DefaultCpus { get; set; } = 0.5;
+
+    /// <summary>Largest CPU limit a session may ask for.</summary>
+    [Range(0.01, 1024)]
+    public double MaxCpus { get; set; } = 2;
+
+    /// <summary>Process limit of a session that does not ask for one.</summary>
+    [Range(16, 1_000_000)]
+    public int DefaultPidsLimit { get; set; } = 256;
+
+    /// <summary>Largest process limit a session may ask for.</summary>
+    [Range(16, 1_000_000)]
+    public int MaxPidsLimit { get; set; } = 4096;
+
+    /// <summary>Idle timeout of a session that does not ask for one (seconds; the seed's one hour).</summary>
+    [Range(1, int.MaxValue)]
+    public int DefaultIdleTimeoutSeconds { get; set; } = 3600;
+
+    /// <summary>Longest idle timeout a session may ask for.</summary>
+    [Range(1, int.MaxValue)]
+    public int MaxIdleTimeoutSeconds { get; set; } = 24 * 3600;
+
+    /// <summary>Maximum lifetime of a session that does not ask for one (seconds).</summary>
+    [Range(1, int.MaxValue)]
+    public int DefaultMaxLifetimeSeconds { get; set; } = 8 * 3600;
+
+    /// <summary>Longest maximum lifetime a session may ask for.</summary>
+    [Range(1, int.MaxValue)]
+    public int MaxLifetimeSeconds { get; set; } = 7 * 24 * 3600;
+
+    /// <summary>Network modes sessions may ask for besides <c>none</c> (e.g. the name of a Docker network created with <c>--internal</c>).</summary>
+    public List<string> AllowedNetworks { get; set; } = [];
+
+    /// <summary>Runtime for sessions that do not choose one; empty means the engine's default (runc). <c>runsc</c> selects gVisor.</summary>
+    public string? DefaultRuntime { get; set; }
+
+    /// <summary>Runtimes sessions may choose besides the default.</summary>
+    public List<string> AllowedRuntimes { get; set; } = [];
+
+    /// <summary>Size of the <c>/tmp</c> tmpfs (counts against the session's memory).</summary>
+    public string TmpSize { get; set; } = "64m";
+
+    /// <summary>Size of the tmpfs at the sandbox user's home.</summary>
+    public string HomeSize { get; set; } = "32m";
+
+    /// <summary>Command timeout when a request names none (seconds).</summary>
+    [Range(0.001, double.MaxValue)]
+    public double DefaultCommandTimeoutSeconds { get; set; } = 120;
+
+    /// <summary>Longest command timeout a request may ask for (seconds).</summary>
+    [Range(0.001, double.MaxValue)]
+    public double MaxCommandTimeoutSeconds { get; set; } = 3600;
+
+    /// <summary>Bytes kept per output stream of a collected result (head and tail halves).</summary>
+    [Range(1024, int.MaxValue)]
+    public int OutputCapBytes { get; set; } = 1 << 20;
+
+    /// <summary>Largest file upload (bytes).</summary>
+    [Range(1, long.MaxValue)]
+    public long MaxFileBytes { get; set; } = 100L << 20;
+
+    /// <summary>How often the reaper looks for expired sessions (seconds).</summary>
+    [Range(0.1, 3600)]
+    public double ReaperIntervalSeconds { get; set; } = 5;
+
+    /// <summary>Pre-started containers kept ready for sessions of the default shape (0 turns the pool off).</summary>
+    [Range(0, 64)]
+    public int WarmPoolSize { get; set; } = 2;
+
+    /// <summary>Path of a user's persistent storage inside the sandbox.</summary>
+    public string PersistentStoragePath { get; set; } = "/home/sandbox/persist";
+
+    /// <summary>Label value that marks this server's containers; servers sharing an engine need different values.</summary>
+    public string InstanceName { get; set; } = "default";
+}

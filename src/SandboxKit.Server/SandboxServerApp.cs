@@ -1,0 +1,114 @@
+using System.Net;
+using Microsoft.Extensions.Options;
+using SandboxKit.Contracts;
+using SandboxKit.Server.Api;
+using SandboxKit.Server.Auth;
+using SandboxKit.Server.Engine;
+using SandboxKit.Server.Exec;
+using SandboxKit.Server.Sessions;
+
+namespace SandboxKit.Server;
+
+/// <summary>Builds the SandboxKit server; used by <c>Program</c> and by tests that host the real server in-process.</summary>
+public static class SandboxServerApp
+{
+    /// <summary>Creates the application with all services and endpoints.</summary>
+    /// <param name="args">Command-line arguments (<c>--urls</c>, <c>--Sandbox:Image=...</c>, ...).</param>
+    /// <param name="configure">Extra configuration applied after the defaults (tests use it for settings).</param>
+    /// <exception cref="StartupException">The configuration is unsafe (e.g. a non-loopback address without API keys).</exception>
+    public static WebApplication Build(string[] args, Action<WebApplicationBuilder>? configure = null)
+    {
+        // Content root at the binary, so appsettings.json is found whatever the working directory.
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
+        if (string.IsNullOrEmpty(builder.Configuration[WebHostDefaults.ServerUrlsKey]))
+        {
+            builder.WebHost.UseUrls("http://127.0.0.1:5000");
+        }
+
+        builder.Services.ConfigureHttpJsonOptions(o =>
+        {
+            o.SerializerOptions.TypeInfoResolverChain.Insert(0, SandboxJsonContext.Default);
+            o.SerializerOptions.DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull;
+        });
+        builder.Services.AddProblemDetails(o => o.CustomizeProblemDetails = ctx =>
+        {
+            ctx.ProblemDetails.Extensions["requestId"] = ctx.HttpContext.TraceIdentifier;
+            if (!ctx.ProblemDetails.Extensions.ContainsKey("code"))
+            {
+                ctx.ProblemDetails.Extensions["code"] = ctx.ProblemDetails.Status switch
+                {
+                    StatusCodes.Status404NotFound => ProblemCodes.NotFound,
+                    StatusCodes.Status405MethodNotAllowed => ProblemCodes.InvalidRequest,
+                    StatusCodes.Status415UnsupportedMediaType => ProblemCodes.InvalidRequest,
+                    StatusCodes.Status413PayloadTooLarge => ProblemCodes.PayloadTooLarge,
+                    >= 400 and < 500 => ProblemCodes.InvalidRequest,
+                    _ => "internal",
+                };
+            }
+        });
+        builder.Services.AddExceptionHandler<ProblemExceptionHandler>();
+        builder.Services.AddOpenApi();
+        builder.Services.AddOptions<SandboxOptions>()
+            .Bind(builder.Configuration.GetSection(SandboxOptions.Section))
+            .ValidateDataAnnotations()
+            .ValidateOnStart();
+        builder.Services.AddOptions<AuthOptions>().Bind(builder.Configuration.GetSection(AuthOptions.Section));
+        builder.Services.AddSingleton(TimeProvider.System);
+        builder.Services.AddSingleton<SandboxImage>();
+        builder.Services.AddSingleton<TenantResolver>();
+        builder.Services.AddSingleton<IContainerEngine>(sp => new DockerEngine(
+            sp.GetRequiredService<IOptions<SandboxOptions>>().Value.DockerEndpoint is { Length: > 0 } endpoint ? endpoint : DockerEngine.DefaultEndpoint,
+            sp.GetRequiredService<ILogger<DockerEngine>>()));
+        builder.Services.AddSingleton<ContainerSpecFactory>();
+        builder.Services.AddSingleton<SessionManager>();
+        builder.Services.AddSingleton<CommandService>();
+        builder.Services.AddSingleton<WarmPool>();
+        // Order matters: the reaper adopts existing sessions in its StartAsync, before the pool starts containers.
+        builder.Services.AddHostedService<SessionReaper>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<WarmPool>());
+
+        configure?.Invoke(builder);
+
+        var app = builder.Build();
+        RefuseOpenBindWithoutKeys(app);
+
+        app.UseExceptionHandler();
+        app.UseStatusCodePages();
+        app.MapOpenApi("/openapi/{documentName}.json");
+        app.MapHealthApi();
+        app.MapSessionsApi();
+        app.MapCommandsApi();
+        app.MapFilesApi();
+        app.MapSeedApi();
+        return app;
+    }
+
+    /// <summary>Without API keys anyone who reaches the port can run code: allow that only on loopback.</summary>
+    private static void RefuseOpenBindWithoutKeys(WebApplication app)
+    {
+        var tenants = app.Services.GetRequiredService<TenantResolver>();
+        var urls = (app.Configuration[WebHostDefaults.ServerUrlsKey] ?? "http://127.0.0.1:5000")
+            .Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (tenants.KeysConfigured)
+        {
+            app.Logger.LogInformation("API keys configured: every /v1 and seed call needs a key");
+            return;
+        }
+        var open = urls.Where(u => !IsLoopback(u)).ToList();
+        if (open.Count > 0)
+        {
+            throw new StartupException(
+                $"refusing to listen on {string.Join(", ", open)} without API keys: configure Auth:ApiKeys, or bind a loopback address such as http://127.0.0.1:5000.");
+        }
+        app.Logger.LogWarning("No API keys configured: listening on loopback only ({Urls}), every caller is tenant 'default'", string.Join(", ", urls));
+    }
+
+    private static bool IsLoopback(string url)
+    {
+        if (!Uri.TryCreate(url.Replace("://*", "://0.0.0.0", StringComparison.Ordinal).Replace("://+", "://0.0.0.0", StringComparison.Ordinal), UriKind.Absolute, out var uri))
+        {
+            return false;
+        }
+        return uri.IsLoopback || (IPAddress.TryParse(uri.Host.Trim('[', ']'), out var ip) && IPAddress.IsLoopback(ip));
+    }
+}
