@@ -14,7 +14,7 @@
 #           sandboxkit/base:bookworm-<hash of the package list>; no registry is contacted;
 #        3. else (e.g. Docker Desktop): a plain build that pulls debian:bookworm-slim.
 # Builds use the classic builder (DOCKER_BUILDKIT=0; no buildx needed) with --network host.
-# Log: /var/log/sandboxkit-image-build.log (or /tmp/... when /var/log is not writable).
+# Log: /var/log/sandboxkit-image-build.log, rewritten per build (/tmp/... when /var/log is not writable).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -48,11 +48,13 @@ TAG=${SANDBOXKIT_IMAGE:-sandboxkit/sandbox:$(tr -d '[:space:]' <VERSION)}
 HASH=$(cat Dockerfile.sandbox sandbox/packages.txt "$AGENT" | sha256sum | cut -c1-16)
 
 current=$(docker image inspect --format '{{ index .Config.Labels "org.sandboxkit.inputs" }}' "$TAG" 2>/dev/null || true)
+old_id=$(docker image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
 if [[ "$current" == "$HASH" ]]; then
     say "$TAG is up to date"
     exit 0
 fi
 say "building $TAG (inputs $HASH${current:+, image has $current})"
+: >"$LOG" # one build per log
 t_all=$SECONDS
 
 # Package names from sandbox/packages.txt, comments and blanks dropped.
@@ -123,7 +125,9 @@ elif [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
             >"$ROOTFS"/etc/dpkg/dpkg.cfg.d/sandboxkit-slim
         say "debootstrap done in $((SECONDS - t0)) s ($(du -sh --one-file-system "$ROOTFS" | cut -f1))"
         t0=$SECONDS
-        run_logged "docker import" bash -c 'tar --numeric-owner -C "$1" -c . | docker import - "$2"' _ "$ROOTFS" "$BASE"
+        # shellcheck disable=SC2016 # $1/$2 are expanded by the inner bash
+        run_logged "docker import" bash -c 'set -o pipefail; tar --numeric-owner -C "$1" -c . | docker import - "$2"' \
+            _ "$ROOTFS" "$BASE"
         cleanup_rootfs
         trap - EXIT INT TERM
         say "imported $BASE in $((SECONDS - t0)) s"
@@ -136,4 +140,10 @@ fi
 t0=$SECONDS
 run_logged "docker build" env DOCKER_BUILDKIT=0 docker build "${BUILD_ARGS[@]}" .
 say "built $TAG in $((SECONDS - t0)) s ($(docker image inspect --format '{{.Size}}' "$TAG" | awk '{printf "%.0f MB", $1/1e6}'))"
+# Drop the image this build superseded if nothing else names it (fails harmlessly if a
+# container still uses it).
+if [[ -n "$old_id" && "$old_id" != "$(docker image inspect --format '{{.Id}}' "$TAG")" ]] \
+    && [[ "$(docker image inspect --format '{{len .RepoTags}}' "$old_id" 2>/dev/null)" == 0 ]]; then
+    docker rmi "$old_id" >/dev/null 2>&1 || true
+fi
 say "done in $((SECONDS - t_all)) s"

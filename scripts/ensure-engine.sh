@@ -56,8 +56,9 @@ apt_run() { # apt_run <args...>: quiet, logged, tail on failure
 }
 apt_update_once() {
     if [[ $apt_updated -eq 0 ]]; then
-        say "apt-get update"
+        local t=$SECONDS
         apt_run update
+        say "apt-get update done in $((SECONDS - t)) s"
         apt_updated=1
     fi
 }

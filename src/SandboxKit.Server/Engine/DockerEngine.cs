@@ -125,11 +125,19 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
 
     public Task<IAttachedStream> AttachAsync(string containerId, CancellationToken cancellationToken) => Guard(async () =>
     {
-        var stream = await _client.Containers.AttachContainerAsync(
-            containerId,
-            tty: false,
-            new ContainerAttachParameters { Stream = true, Stdin = true, Stdout = true, Stderr = true },
-            cancellationToken).ConfigureAwait(false);
+        MultiplexedStream stream;
+        try
+        {
+            stream = await _client.Containers.AttachContainerAsync(
+                containerId,
+                tty: false,
+                new ContainerAttachParameters { Stream = true, Stdin = true, Stdout = true, Stderr = true },
+                cancellationToken).ConfigureAwait(false);
+        }
+        catch (DockerContainerNotFoundException e)
+        {
+            throw new ContainerGoneException(containerId, e);
+        }
         return (IAttachedStream)new AttachedStream(stream, containerId, _logger);
     });
 

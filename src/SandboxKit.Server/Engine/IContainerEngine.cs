@@ -91,3 +91,7 @@ internal sealed record ContainerSpec
 
 /// <summary>The engine could not be reached or refused a request it should have served.</summary>
 internal sealed class EngineUnavailableException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>The container a call named does not exist (any more).</summary>
+internal sealed class ContainerGoneException(string containerId, Exception? inner = null)
+    : Exception($"Container {containerId} does not exist.", inner);

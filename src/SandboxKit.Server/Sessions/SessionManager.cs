@@ -168,7 +168,7 @@ internal sealed class SessionManager(
             var agent = await session.GetAgentAsync(engine, logger, AgentConnectTimeout, cancellationToken).ConfigureAwait(false);
             return await work(agent).ConfigureAwait(false);
         }
-        catch (AgentUnavailableException) when (!cancellationToken.IsCancellationRequested)
+        catch (Exception e) when (e is AgentUnavailableException or ContainerGoneException && !cancellationToken.IsCancellationRequested)
         {
             await ThrowIfGoneAsync(session).ConfigureAwait(false);
             throw;
