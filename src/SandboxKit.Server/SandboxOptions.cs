@@ -99,6 +99,10 @@ public sealed class SandboxOptions
     /// <summary>Path of a user's persistent storage inside the sandbox.</summary>
     public string PersistentStoragePath { get; set; } = "/home/sandbox/persist";
 
+    /// <summary>How long an <c>Idempotency-Key</c> answer is kept for repeats (seconds).</summary>
+    [Range(1, 7 * 24 * 3600)]
+    public int IdempotencyWindowSeconds { get; set; } = 600;
+
     /// <summary>Label value that marks this server's containers; servers sharing an engine need different values.</summary>
     public string InstanceName { get; set; } = "default";
 }

@@ -74,11 +74,13 @@ public static class SandboxServerApp
 
         app.UseExceptionHandler();
         app.UseStatusCodePages();
+        app.UseMiddleware<IdempotencyMiddleware>();
         app.MapOpenApi("/openapi/{documentName}.json");
         app.MapHealthApi();
         app.MapSessionsApi();
         app.MapCommandsApi();
         app.MapFilesApi();
+        app.MapProcessesApi();
         app.MapSeedApi();
         return app;
     }

@@ -164,7 +164,8 @@ internal sealed class CommandService(SessionManager sessions, IOptions<SandboxOp
         }
     }
 
-    private static string Decode(Decoder decoder, ReadOnlySpan<byte> bytes)
+    /// <summary>Decodes a chunk of a UTF-8 stream; a character split across chunks is completed by the next one.</summary>
+    internal static string Decode(Decoder decoder, ReadOnlySpan<byte> bytes)
     {
         var chars = new char[decoder.GetCharCount(bytes, flush: false)];
         var count = decoder.GetChars(bytes, chars, flush: false);

@@ -33,6 +33,9 @@ internal sealed class Session
     public required string Runtime { get; init; }
     public string? PersistentStoragePath { get; init; }
 
+    /// <summary>Background processes started in this session, by id.</summary>
+    public System.Collections.Concurrent.ConcurrentDictionary<string, Exec.BackgroundProcess> Processes { get; } = new(StringComparer.Ordinal);
+
     /// <summary>Set once the session is being deleted or found gone; no new work starts on it.</summary>
     public bool Closed { get; private set; }
 
