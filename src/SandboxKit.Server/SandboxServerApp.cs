@@ -74,6 +74,7 @@ public static class SandboxServerApp
 
         app.UseExceptionHandler();
         app.UseStatusCodePages();
+        app.UseWebSockets(new WebSocketOptions { KeepAliveInterval = TimeSpan.FromSeconds(15) });
         app.UseMiddleware<IdempotencyMiddleware>();
         app.MapOpenApi("/openapi/{documentName}.json");
         app.MapHealthApi();
@@ -81,6 +82,7 @@ public static class SandboxServerApp
         app.MapCommandsApi();
         app.MapFilesApi();
         app.MapProcessesApi();
+        app.MapTerminalApi();
         app.MapSeedApi();
         return app;
     }

@@ -134,8 +134,9 @@ internal sealed class AgentConnection : IAsyncDisposable
                 }
             }
         }
-        catch (OperationCanceledException) when (_closed.IsCancellationRequested)
+        catch (Exception) when (_closed.IsCancellationRequested)
         {
+            // Closed on purpose: whatever the torn-down stream threw is not a fault.
         }
         catch (Exception e)
         {

@@ -86,7 +86,12 @@ internal sealed class TenantResolver
         {
             return auth["Bearer ".Length..].Trim() is { Length: > 0 } bearer ? bearer : null;
         }
-        return request.Headers["X-API-Key"].ToString() is { Length: > 0 } apiKey ? apiKey.Trim() : null;
+        if (request.Headers["X-API-Key"].ToString() is { Length: > 0 } apiKey)
+        {
+            return apiKey.Trim();
+        }
+        // Browsers cannot set headers on a WebSocket handshake (the web terminal), so only there a query parameter is accepted.
+        return request.HttpContext.WebSockets.IsWebSocketRequest && request.Query["access_token"].ToString() is { Length: > 0 } token ? token : null;
     }
 
     public static string Hash(string key) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)));

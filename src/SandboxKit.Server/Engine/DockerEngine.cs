@@ -271,8 +271,6 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
 
     private sealed class AttachedStream(MultiplexedStream stream, string containerId, ILogger logger) : IAttachedStream
     {
-        private readonly SemaphoreSlim _readLock = new(1, 1);
-
         public async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken)
         {
             // MultiplexedStream wants arrays; the reader passes an array-backed buffer.
@@ -280,28 +278,21 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
             {
                 throw new ArgumentException("Buffer must be array-backed.", nameof(buffer));
             }
-            await _readLock.WaitAsync(cancellationToken).ConfigureAwait(false);
-            try
+            // One reader at a time by contract: the agent connection's read loop.
+            while (true)
             {
-                while (true)
+                var result = await stream.ReadOutputAsync(segment.Array!, segment.Offset, segment.Count, cancellationToken).ConfigureAwait(false);
+                if (result.EOF)
                 {
-                    var result = await stream.ReadOutputAsync(segment.Array!, segment.Offset, segment.Count, cancellationToken).ConfigureAwait(false);
-                    if (result.EOF)
-                    {
-                        return 0;
-                    }
-                    if (result.Target == MultiplexedStream.TargetStream.StandardError)
-                    {
-                        // The agent's stderr carries only human-readable log lines.
-                        logger.LogInformation("agent {Container}: {Line}", containerId[..12], Encoding.UTF8.GetString(segment.Array!, segment.Offset, result.Count).TrimEnd());
-                        continue;
-                    }
-                    return result.Count;
+                    return 0;
                 }
-            }
-            finally
-            {
-                _readLock.Release();
+                if (result.Target == MultiplexedStream.TargetStream.StandardError)
+                {
+                    // The agent's stderr carries only human-readable log lines.
+                    logger.LogInformation("agent {Container}: {Line}", containerId[..12], Encoding.UTF8.GetString(segment.Array!, segment.Offset, result.Count).TrimEnd());
+                    continue;
+                }
+                return result.Count;
             }
         }
 
@@ -317,7 +308,6 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
         public ValueTask DisposeAsync()
         {
             stream.Dispose();
-            _readLock.Dispose();
             return ValueTask.CompletedTask;
         }
     }

@@ -67,11 +67,18 @@ internal sealed class CommandService(SessionManager sessions, IOptions<SandboxOp
     /// Runs a command; <paramref name="sink"/>, when given, receives <c>started</c>, <c>stdout</c> and <c>stderr</c> events as they come
     /// and the returned result then carries no output text (the sink had it). Cancellation kills the command's process tree.
     /// </summary>
-    public Task<ExecuteResult> RunAsync(Session session, AgentRunRequest request, Func<CommandEvent, ValueTask>? sink, CancellationToken cancellationToken) =>
+    /// <param name="session">The session to run in.</param>
+    /// <param name="request">What to run.</param>
+    /// <param name="sink">Receives events as they come; null collects output into the result instead.</param>
+    /// <param name="cancellationToken">Cancelling kills the command.</param>
+    /// <param name="onOpened">Called once the command's channel is open, for callers that feed stdin or send signals (the WebSocket endpoint).</param>
+    public Task<ExecuteResult> RunAsync(
+        Session session, AgentRunRequest request, Func<CommandEvent, ValueTask>? sink, CancellationToken cancellationToken, Action<AgentChannel>? onOpened = null) =>
         sessions.UseAgentAsync(session, async agent =>
         {
             var payload = JsonSerializer.SerializeToUtf8Bytes(request, AgentJsonContext.Default.AgentRunRequest);
             await using var channel = await agent.OpenAsync(FrameType.Run, payload, cancellationToken).ConfigureAwait(false);
+            onOpened?.Invoke(channel);
             using var watchdog = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             if (request.TimeoutMs > 0)
             {

@@ -96,6 +96,9 @@ internal sealed class Session
         }
     }
 
+    /// <summary>Takes over a connection made earlier (a warm pool container's).</summary>
+    public void UseConnection(AgentConnection agent) => _agent = agent;
+
     public async ValueTask DisconnectAsync()
     {
         var agent = Interlocked.Exchange(ref _agent, null);

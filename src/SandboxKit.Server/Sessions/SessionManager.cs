@@ -62,8 +62,9 @@ internal sealed class SessionManager(
             }
 
             // A pooled container only fits sessions of the pool's shape without per-user mounts.
-            containerId = userVolume is null ? pool.TryTake(shape) : null;
-            var fromPool = containerId is not null;
+            var warm = userVolume is null ? pool.TryTake(shape) : null;
+            containerId = warm?.ContainerId;
+            var fromPool = warm is not null;
             containerId ??= await engine.RunContainerAsync(specs.Build(shape, $"sk-{_options.InstanceName}-{sessionId}", userVolume), cancellationToken).ConfigureAwait(false);
 
             var now = time.GetUtcNow();
@@ -88,6 +89,10 @@ internal sealed class SessionManager(
                 PersistentStoragePath = userVolume is null ? null : _options.PersistentStoragePath,
             };
             session.Touch(now);
+            if (warm is not null)
+            {
+                session.UseConnection(warm.Agent);
+            }
             // The claim volume's labels are the durable record of the session; written before the session is visible.
             await engine.CreateVolumeAsync(session.ClaimVolume, SessionLabels.ForClaim(session, _options.InstanceName), cancellationToken).ConfigureAwait(false);
             try

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Microsoft.Extensions.Options;
+using SandboxKit.Server.Agent;
 using SandboxKit.Server.Engine;
 
 namespace SandboxKit.Server.Sessions;
@@ -8,6 +9,7 @@ namespace SandboxKit.Server.Sessions;
 /// Pre-started, never-used containers of the default session shape, handed out on create and refilled in the
 /// background. A container leaves the pool once and is removed with its session: never reused.
 /// Pooled containers carry only instance/kind/shape labels, so a restarted server sweeps them as unclaimed.
+/// Each is handed out with its agent already attached and answering, so a warm create costs no engine round trip but the claim.
 /// </summary>
 internal sealed class WarmPool(
     IContainerEngine engine,
@@ -15,7 +17,7 @@ internal sealed class WarmPool(
     IOptions<SandboxOptions> options,
     ILogger<WarmPool> logger) : BackgroundService
 {
-    private readonly ConcurrentQueue<string> _ready = new();
+    private readonly ConcurrentQueue<WarmContainer> _ready = new();
     private readonly SemaphoreSlim _refill = new(0, int.MaxValue);
     private readonly int _size = options.Value.WarmPoolSize;
     private readonly string _instance = options.Value.InstanceName;
@@ -23,15 +25,24 @@ internal sealed class WarmPool(
 
     public int ReadyCount => _ready.Count;
 
-    /// <summary>A ready container of this shape, or null (the caller starts one cold).</summary>
-    public string? TryTake(SessionShape shape)
+    /// <summary>A ready container of this shape with its agent connection, or null (the caller starts one cold).</summary>
+    public WarmContainer? TryTake(SessionShape shape)
     {
-        if (_size == 0 || _shape is null || shape.Key != _shape.Key || !_ready.TryDequeue(out var id))
+        if (_size == 0 || _shape is null || shape.Key != _shape.Key)
         {
             return null;
         }
-        _refill.Release();
-        return id;
+        while (_ready.TryDequeue(out var warm))
+        {
+            _refill.Release();
+            if (!warm.Agent.IsClosed)
+            {
+                return warm;
+            }
+            // Its container died while waiting (removed by hand, engine restarted): never hand that out.
+            _ = DiscardAsync(warm);
+        }
+        return null;
     }
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -49,7 +60,16 @@ internal sealed class WarmPool(
                 while (_ready.Count < _size && !stoppingToken.IsCancellationRequested)
                 {
                     var id = await engine.RunContainerAsync(specs.Build(_shape, $"sk-{_instance}-pool-{Guid.NewGuid():N}", null), stoppingToken).ConfigureAwait(false);
-                    _ready.Enqueue(id);
+                    try
+                    {
+                        var agent = await AgentConnection.ConnectAsync(engine, id, logger, TimeSpan.FromSeconds(20), stoppingToken).ConfigureAwait(false);
+                        _ready.Enqueue(new WarmContainer(id, agent));
+                    }
+                    catch
+                    {
+                        await engine.RemoveContainerAsync(id, CancellationToken.None).ConfigureAwait(false);
+                        throw;
+                    }
                     failures = 0;
                 }
                 await _refill.WaitAsync(stoppingToken).ConfigureAwait(false);
@@ -72,16 +92,25 @@ internal sealed class WarmPool(
     {
         await base.StopAsync(cancellationToken).ConfigureAwait(false);
         // Unclaimed containers would be swept on the next start anyway; removing them now leaves the engine clean.
-        while (_ready.TryDequeue(out var id))
+        while (_ready.TryDequeue(out var warm))
         {
-            try
-            {
-                await engine.RemoveContainerAsync(id, CancellationToken.None).ConfigureAwait(false);
-            }
-            catch (Exception e)
-            {
-                logger.LogWarning("Could not remove pooled container {Container}: {Message}", id[..12], e.Message);
-            }
+            await DiscardAsync(warm).ConfigureAwait(false);
+        }
+    }
+
+    private async Task DiscardAsync(WarmContainer warm)
+    {
+        try
+        {
+            await warm.Agent.DisposeAsync().ConfigureAwait(false);
+            await engine.RemoveContainerAsync(warm.ContainerId, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            logger.LogWarning("Could not remove pooled container {Container}: {Message}", warm.ContainerId[..12], e.Message);
         }
     }
 }
+
+/// <summary>A pooled container and its live agent connection.</summary>
+internal sealed record WarmContainer(string ContainerId, AgentConnection Agent);

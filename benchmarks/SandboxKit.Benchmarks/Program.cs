@@ -1,0 +1,215 @@
+// SandboxKit benchmark: the server's figures and, in the same run, the raw Docker API exec they replace.
+//   dotnet run -c Release --project benchmarks/SandboxKit.Benchmarks [-- --quick]
+// Prints p50/p90/p99 per operation and the ratio to the reference. Not a test: it asserts nothing.
+using System.Diagnostics;
+using System.Net.Http.Json;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging.Abstractions;
+using SandboxKit.Contracts;
+using SandboxKit.Server;
+using SandboxKit.Server.Engine;
+using SandboxKit.Server.Sessions;
+
+var quick = args.Contains("--quick");
+var iterations = quick ? 100 : 500;
+var createIterations = quick ? 10 : 30;
+var instance = "bench" + Guid.NewGuid().ToString("N")[..6];
+
+Console.WriteLine($"SandboxKit benchmark {ServerInfo.Version} — {Environment.ProcessorCount} cores, {(quick ? "quick" : "full")} run, instance {instance}");
+var app = SandboxServerApp.Build([
+    "--urls", "http://127.0.0.1:0",
+    $"--Sandbox:InstanceName={instance}",
+    "--Sandbox:WarmPoolSize=2",
+    "--Logging:LogLevel:Default=Warning",
+]);
+await app.StartAsync();
+var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+using var http = new HttpClient { BaseAddress = new Uri(address), Timeout = TimeSpan.FromMinutes(5) };
+var pool = app.Services.GetRequiredService<WarmPool>();
+var docker = new DockerEngine(DockerEngine.DefaultEndpoint, NullLogger<DockerEngine>.Instance);
+var rows = new List<(string Name, Stats Stats)>();
+
+try
+{
+    // Session create, warm: the pool is refilled between creates (waiting is not counted).
+    var warm = new List<double>();
+    var sessionsToDelete = new List<string>();
+    for (var i = 0; i < createIterations; i++)
+    {
+        await WaitForPoolAsync(pool, 1);
+        var sw = Stopwatch.StartNew();
+        var s = await CreateAsync(http, new CreateSessionRequest());
+        warm.Add(sw.Elapsed.TotalMilliseconds);
+        sessionsToDelete.Add(s.Id);
+    }
+    rows.Add(("session create (warm pool)", Stats.Of(warm)));
+
+    // Cold: a shape the pool does not hold, so every create starts a container.
+    var cold = new List<double>();
+    for (var i = 0; i < createIterations; i++)
+    {
+        var sw = Stopwatch.StartNew();
+        var s = await CreateAsync(http, new CreateSessionRequest { MemoryBytes = 256L << 20 });
+        cold.Add(sw.Elapsed.TotalMilliseconds);
+        sessionsToDelete.Add(s.Id);
+    }
+    rows.Add(("session create (cold)", Stats.Of(cold)));
+
+    var deletes = new List<double>();
+    foreach (var id in sessionsToDelete)
+    {
+        var sw = Stopwatch.StartNew();
+        (await http.DeleteAsync($"/v1/sessions/{id}")).EnsureSuccessStatusCode();
+        deletes.Add(sw.Elapsed.TotalMilliseconds);
+    }
+    rows.Add(("session delete", Stats.Of(deletes)));
+
+    var session = await CreateAsync(http, new CreateSessionRequest());
+    for (var i = 0; i < 20; i++)
+    {
+        await ExecAsync(http, session.Id, "echo hello");
+    }
+    var echo = new List<double>();
+    for (var i = 0; i < iterations; i++)
+    {
+        var sw = Stopwatch.StartNew();
+        var r = await ExecAsync(http, session.Id, "echo hello");
+        echo.Add(sw.Elapsed.TotalMilliseconds);
+        if (r.Stdout != "hello\n")
+        {
+            throw new InvalidOperationException("unexpected output " + r.Stdout);
+        }
+    }
+    var echoStats = Stats.Of(echo);
+    rows.Add(("echo hello over HTTP (SandboxKit)", echoStats));
+
+    // Reference: the same command as a raw Docker API exec (create + start + inspect) in the same container.
+    var container = (await docker.ListVolumesAsync(SessionLabels.Session, session.Id, CancellationToken.None)).Single().Labels[SessionLabels.Container];
+    var raw = new List<double>();
+    for (var i = 0; i < Math.Min(iterations, 200); i++)
+    {
+        var sw = Stopwatch.StartNew();
+        var o = await docker.ExecAsync(container, ["bash", "-c", "echo hello"], CancellationToken.None);
+        raw.Add(sw.Elapsed.TotalMilliseconds);
+        if (o.Output != "hello\n")
+        {
+            throw new InvalidOperationException("unexpected raw output " + o.Output);
+        }
+    }
+    var rawStats = Stats.Of(raw);
+    rows.Add(("echo hello, raw Docker API exec (reference)", rawStats));
+
+    // Throughput: 8 concurrent clients, each with its own session, for a fixed time.
+    var clients = 8;
+    var duration = TimeSpan.FromSeconds(quick ? 3 : 10);
+    var sessions = new List<string>();
+    for (var i = 0; i < clients; i++)
+    {
+        sessions.Add((await CreateAsync(http, new CreateSessionRequest())).Id);
+    }
+    var errors = 0;
+    var completed = 0;
+    var throughputLatencies = new System.Collections.Concurrent.ConcurrentBag<double>();
+    var deadline = Stopwatch.StartNew();
+    await Task.WhenAll(sessions.Select(async id =>
+    {
+        while (deadline.Elapsed < duration)
+        {
+            var sw = Stopwatch.StartNew();
+            try
+            {
+                var r = await ExecAsync(http, id, "echo hello");
+                if (r.Stdout == "hello\n") { Interlocked.Increment(ref completed); } else { Interlocked.Increment(ref errors); }
+            }
+            catch
+            {
+                Interlocked.Increment(ref errors);
+            }
+            throughputLatencies.Add(sw.Elapsed.TotalMilliseconds);
+        }
+    }));
+    var perSecond = completed / deadline.Elapsed.TotalSeconds;
+    rows.Add(($"echo hello, {clients} concurrent clients", Stats.Of(throughputLatencies)));
+
+    // Memory: a command writing 100 MB while we watch the server's working set.
+    GC.Collect();
+    var before = Process.GetCurrentProcess().WorkingSet64;
+    var peak = before;
+    using var sampling = new CancellationTokenSource();
+    var sampler = Task.Run(async () =>
+    {
+        while (!sampling.IsCancellationRequested)
+        {
+            peak = Math.Max(peak, Process.GetCurrentProcess().WorkingSet64);
+            await Task.Delay(20);
+        }
+    });
+    var floodWatch = Stopwatch.StartNew();
+    var flood = await ExecAsync(http, session.Id, "head -c 100000000 /dev/zero | tr '\\0' 'x'", timeout: 300);
+    var floodSeconds = floodWatch.Elapsed.TotalSeconds;
+    sampling.Cancel();
+    await sampler;
+
+    Console.WriteLine();
+    Console.WriteLine($"{"operation",-46} {"n",5} {"p50 ms",9} {"p90 ms",9} {"p99 ms",9}");
+    foreach (var (name, s) in rows)
+    {
+        Console.WriteLine($"{name,-46} {s.Count,5} {s.P50,9:0.00} {s.P90,9:0.00} {s.P99,9:0.00}");
+    }
+    Console.WriteLine();
+    Console.WriteLine($"echo hello: SandboxKit p50 {echoStats.P50:0.00} ms vs raw Docker exec p50 {rawStats.P50:0.00} ms -> {rawStats.P50 / echoStats.P50:0.0}x faster");
+    Console.WriteLine($"throughput: {perSecond:0} commands/s with {clients} concurrent clients over {deadline.Elapsed.TotalSeconds:0.0} s, {errors} errors");
+    Console.WriteLine($"100 MB output: {flood.StdoutBytes / 1e6:0} MB streamed in {floodSeconds:0.0} s, truncated={flood.Truncated}; process working set {before / 1e6:0} MB before, peak {peak / 1e6:0} MB during (+{(peak - before) / 1e6:0} MB)");
+
+    foreach (var id in sessions.Append(session.Id))
+    {
+        await http.DeleteAsync($"/v1/sessions/{id}");
+    }
+}
+finally
+{
+    await app.StopAsync();
+    await app.DisposeAsync();
+    foreach (var c in await docker.ListContainersAsync(SessionLabels.Instance, instance, CancellationToken.None))
+    {
+        await docker.RemoveContainerAsync(c.Id, CancellationToken.None);
+    }
+    foreach (var v in await docker.ListVolumesAsync(SessionLabels.Instance, instance, CancellationToken.None))
+    {
+        await docker.RemoveVolumeAsync(v.Name, CancellationToken.None);
+    }
+}
+
+static async Task<SessionInfo> CreateAsync(HttpClient http, CreateSessionRequest request)
+{
+    var response = await http.PostAsJsonAsync("/v1/sessions", request, SandboxJsonContext.Default.CreateSessionRequest);
+    response.EnsureSuccessStatusCode();
+    return (await response.Content.ReadFromJsonAsync(SandboxJsonContext.Default.SessionInfo))!;
+}
+
+static async Task<ExecuteResult> ExecAsync(HttpClient http, string session, string command, double? timeout = null)
+{
+    var response = await http.PostAsJsonAsync($"/v1/sessions/{session}/commands", new ExecuteRequest { Command = command, TimeoutSeconds = timeout }, SandboxJsonContext.Default.ExecuteRequest);
+    response.EnsureSuccessStatusCode();
+    return (await response.Content.ReadFromJsonAsync(SandboxJsonContext.Default.ExecuteResult))!;
+}
+
+static async Task WaitForPoolAsync(WarmPool pool, int ready)
+{
+    for (var i = 0; i < 600 && pool.ReadyCount < ready; i++)
+    {
+        await Task.Delay(50);
+    }
+}
+
+internal sealed record Stats(int Count, double P50, double P90, double P99)
+{
+    public static Stats Of(IEnumerable<double> samples)
+    {
+        var sorted = samples.Order().ToArray();
+        double At(double q) => sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(q * sorted.Length) - 1)];
+        return new Stats(sorted.Length, At(0.50), At(0.90), At(0.99));
+    }
+}

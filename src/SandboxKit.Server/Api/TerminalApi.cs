@@ -1,0 +1,185 @@
+using System.Net.WebSockets;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using SandboxKit.Contracts;
+using SandboxKit.Server.Agent;
+using SandboxKit.Server.Auth;
+using SandboxKit.Server.Exec;
+using SandboxKit.Server.Sessions;
+
+namespace SandboxKit.Server.Api;
+
+/// <summary>
+/// Commands over WebSocket (real-time output both ways) and the web terminal page built on it.
+/// Protocol: the client's first text message is an <see cref="ExecuteRequest"/>; the server sends each
+/// <see cref="CommandEvent"/> as a text message and closes after <c>exited</c>. Without <c>stdin</c> in the request,
+/// stdin stays open: the client sends <c>{"stdin":"text"}</c>, <c>{"closeStdin":true}</c> or <c>{"signal":15}</c>.
+/// A client that disconnects kills the command.
+/// </summary>
+internal static class TerminalApi
+{
+    public static IEndpointRouteBuilder MapTerminalApi(this IEndpointRouteBuilder app)
+    {
+        app.MapGroup("/v1/sessions/{id}").WithTags("Commands").RequireTenant()
+            .MapGet("/commands/ws", RunOverWebSocketAsync)
+            .WithSummary("Run a command over a WebSocket: events out, stdin and signals in.");
+        app.MapGet("/terminal", () => Results.Content(TerminalPage.Html, "text/html; charset=utf-8"))
+            .WithTags("Terminal")
+            .WithSummary("A web terminal: each line runs in the session's shell state over the WebSocket API.")
+            .ExcludeFromDescription();
+        return app;
+    }
+
+    private static async Task RunOverWebSocketAsync(HttpContext http, SessionManager sessions, CommandService commands, string id)
+    {
+        var session = sessions.Get(http.GetTenant(), id);
+        if (!http.WebSockets.IsWebSocketRequest)
+        {
+            throw ApiProblemException.Invalid("This endpoint needs a WebSocket upgrade.");
+        }
+        using var socket = await http.WebSockets.AcceptWebSocketAsync();
+        var aborted = http.RequestAborted;
+        var first = await ReceiveTextAsync(socket, aborted);
+        ExecuteRequest? request;
+        try
+        {
+            request = first is null ? null : JsonSerializer.Deserialize(first, SandboxJsonContext.Default.ExecuteRequest);
+        }
+        catch (JsonException e)
+        {
+            await CloseWithErrorAsync(socket, "Malformed JSON: " + e.Message);
+            return;
+        }
+        if (request is null)
+        {
+            await CloseWithErrorAsync(socket, "The first message must be an ExecuteRequest.");
+            return;
+        }
+
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(aborted);
+        var sendLock = new SemaphoreSlim(1, 1);
+        async ValueTask Send(CommandEvent e)
+        {
+            var bytes = JsonSerializer.SerializeToUtf8Bytes(e, SandboxJsonContext.Default.CommandEvent);
+            await sendLock.WaitAsync(stop.Token);
+            try
+            {
+                await socket.SendAsync(bytes, WebSocketMessageType.Text, true, stop.Token);
+            }
+            finally
+            {
+                sendLock.Release();
+            }
+        }
+
+        Task? inbound = null;
+        try
+        {
+            var agentRequest = commands.ToAgentRequest(session, request) with { Stdin = request.Stdin is null ? "pipe" : null };
+            var result = await commands.RunAsync(session, agentRequest, Send, stop.Token,
+                onOpened: channel => inbound = PumpInboundAsync(socket, channel, stop));
+            await Send(new CommandEvent { Type = CommandEventTypes.Exited, Result = result });
+            await socket.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "exited", CancellationToken.None);
+        }
+        catch (Exception e) when (e is not OperationCanceledException && socket.State == WebSocketState.Open)
+        {
+            await Send(new CommandEvent { Type = CommandEventTypes.Error, Error = e is ApiProblemException p ? p.Detail ?? p.Title : e.Message });
+            await socket.CloseOutputAsync(WebSocketCloseStatus.InternalServerError, "error", CancellationToken.None);
+        }
+        catch (Exception e) when (e is OperationCanceledException or WebSocketException)
+        {
+            // The client left: the command was killed by the cancellation.
+        }
+        finally
+        {
+            if (inbound is not null && socket.State is WebSocketState.CloseSent)
+            {
+                // Let the client answer our close: cancelling a pending receive aborts the socket, and the reset
+                // it sends can discard events the client has not read yet.
+                await Task.WhenAny(inbound, Task.Delay(TimeSpan.FromSeconds(2)));
+            }
+            await stop.CancelAsync();
+            if (inbound is not null)
+            {
+                await inbound.ContinueWith(_ => { }, TaskScheduler.Default);
+            }
+        }
+    }
+
+    private static async Task PumpInboundAsync(WebSocket socket, AgentChannel channel, CancellationTokenSource stop)
+    {
+        try
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                var text = await ReceiveTextAsync(socket, stop.Token);
+                if (text is null)
+                {
+                    // Client closed or went away: end the command.
+                    await stop.CancelAsync();
+                    return;
+                }
+                var message = JsonSerializer.Deserialize(text, TerminalJsonContext.Default.TerminalInput);
+                if (message?.Stdin is { Length: > 0 } stdin)
+                {
+                    await channel.SendAsync(FrameType.StdinData, Encoding.UTF8.GetBytes(stdin), stop.Token);
+                }
+                if (message?.CloseStdin == true)
+                {
+                    await channel.SendAsync(FrameType.StdinClose, ReadOnlyMemory<byte>.Empty, stop.Token);
+                }
+                if (message?.Signal is int signal and > 0 and < 65)
+                {
+                    await channel.SendAsync(FrameType.Kill, Encoding.UTF8.GetBytes($"{{\"signal\":{signal}}}"), stop.Token);
+                }
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or WebSocketException or JsonException or AgentUnavailableException)
+        {
+        }
+    }
+
+    /// <summary>One whole text message (up to 1 MiB), or null when the socket closed.</summary>
+    private static async Task<string?> ReceiveTextAsync(WebSocket socket, CancellationToken cancellationToken)
+    {
+        var buffer = new byte[16 * 1024];
+        using var message = new MemoryStream();
+        while (true)
+        {
+            var result = await socket.ReceiveAsync(buffer, cancellationToken);
+            if (result.MessageType == WebSocketMessageType.Close)
+            {
+                return null;
+            }
+            message.Write(buffer, 0, result.Count);
+            if (message.Length > 1 << 20)
+            {
+                await socket.CloseAsync(WebSocketCloseStatus.MessageTooBig, "message too big", cancellationToken);
+                return null;
+            }
+            if (result.EndOfMessage)
+            {
+                return Encoding.UTF8.GetString(message.GetBuffer(), 0, (int)message.Length);
+            }
+        }
+    }
+
+    private static async Task CloseWithErrorAsync(WebSocket socket, string error)
+    {
+        var bytes = JsonSerializer.SerializeToUtf8Bytes(new CommandEvent { Type = CommandEventTypes.Error, Error = error }, SandboxJsonContext.Default.CommandEvent);
+        await socket.SendAsync(bytes, WebSocketMessageType.Text, true, CancellationToken.None);
+        await socket.CloseAsync(WebSocketCloseStatus.InvalidPayloadData, "bad request", CancellationToken.None);
+    }
+}
+
+/// <summary>A client message after the first on a command WebSocket.</summary>
+internal sealed record TerminalInput
+{
+    [JsonPropertyName("stdin")] public string? Stdin { get; init; }
+    [JsonPropertyName("closeStdin")] public bool? CloseStdin { get; init; }
+    [JsonPropertyName("signal")] public int? Signal { get; init; }
+}
+
+[JsonSerializable(typeof(TerminalInput))]
+internal sealed partial class TerminalJsonContext : JsonSerializerContext;
