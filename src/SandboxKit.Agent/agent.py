@@ -21,7 +21,6 @@ import shlex
 import shutil
 import signal
 import stat
-import string
 import struct
 import subprocess
 import sys
@@ -190,14 +189,27 @@ def read_oom_kills() -> int | None:
     return None
 
 
-def kill_tree(sid: int, sig: int) -> None:
+def _default_disposition(pid: int, sig: int) -> bool:
+    """True if pid neither catches nor ignores sig (so receiving it would be fatal)."""
+    mask = 0
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith((b"SigIgn:", b"SigCgt:")):
+                mask |= int(line.split()[1], 16)
+    return not mask & (1 << (sig - 1))
+
+
+def kill_tree(sid: int, sig: int, missed_only: bool = False) -> None:
     """Signal the process group `sid` plus every process in session `sid` or in
-    group `sid` (catches children that changed their process group)."""
-    for attempt in range(3 if sig == signal.SIGKILL else 1):
-        try:
-            os.killpg(sid, sig)
-        except OSError:
-            pass
+    group `sid` (catches children that changed their process group). With
+    `missed_only`, signal only live members for which `sig` is still fatal: they
+    cannot have received it yet, so re-sending is harmless."""
+    for _ in range(3 if sig == signal.SIGKILL else 1):
+        if not missed_only:
+            try:
+                os.killpg(sid, sig)
+            except OSError:
+                pass
         found = False
         for name in os.listdir("/proc"):
             if not name.isdigit():
@@ -206,9 +218,13 @@ def kill_tree(sid: int, sig: int) -> None:
                 with open(f"/proc/{name}/stat", "rb") as f:
                     fields = f.read().rsplit(b")", 1)[1].split()
                 # after the comm field: state ppid pgrp session ...
-                if int(fields[2]) == sid or int(fields[3]) == sid:
-                    os.kill(int(name), sig)
-                    found = True
+                if fields[0] == b"Z" or (int(fields[2]) != sid and int(fields[3]) != sid):
+                    continue
+                pid = int(name)
+                if missed_only and not _default_disposition(pid, sig):
+                    continue
+                os.kill(pid, sig)
+                found = True
             except (OSError, IndexError, ValueError):
                 continue
         if not found:  # repeat only while we keep finding live members (fork races)
@@ -340,7 +356,7 @@ class Command:
         if text is not None and not isinstance(text, str):
             raise RequestError("invalid", "'stdinText' must be a string")
         self.pipe_stdin = stdin_mode == "pipe"
-        self.stdin_pending: deque[bytes] = deque([to_bytes(text)] if text else [])
+        self.stdin_pending: deque[bytes | memoryview] = deque([to_bytes(text)] if text else [])
         self.stdin_eof = not self.pipe_stdin  # close once pending is written
         self.merge = bool(req.get("mergeStderr", False))
         self.env_override = req.get("env") or {}
@@ -378,7 +394,22 @@ class Command:
             if self.pid is None:
                 self.pending_signal = sig
                 return
-        kill_tree(self.pid, sig)
+        self._signal(sig)
+
+    def _signal(self, sig: int) -> None:
+        kill_tree(self.pid, sig)  # type: ignore[arg-type]
+        if sig != signal.SIGKILL:
+            # A shell with an EXIT trap (ours) catches terminating signals and acts on
+            # them between commands. A child forked around the delivery (pre-exec, still
+            # running bash's handler) swallows the signal and would keep the command
+            # alive, or outlive its shell. So for ~1 s, follow-up passes re-send it to
+            # tree members that evidently missed it, even after the shell has exited
+            # (its session id cannot be reused while members exist).
+            def follow_up() -> None:
+                for delay in (0.05, 0.2, 0.75):
+                    time.sleep(delay)
+                    kill_tree(self.pid, sig, missed_only=True)  # type: ignore[arg-type]
+            threading.Thread(target=follow_up, daemon=True).start()
 
     def abort(self) -> None:
         """Agent shutdown: lock-free on purpose (see Agent.shutdown)."""
@@ -421,10 +452,10 @@ class Command:
             self._remove_temp_files()
 
     def _remove_temp_files(self) -> None:
-        for path in self.temp_files:
+        while self.temp_files:
             try:
-                os.unlink(path)
-            except OSError:
+                os.unlink(self.temp_files.pop())
+            except (OSError, IndexError):
                 pass
 
     def _write_temp(self, suffix: str, text: str) -> str:
@@ -495,7 +526,7 @@ class Command:
             self.pid = proc.pid
             sig, self.pending_signal = self.pending_signal, None
         if sig is not None:
-            kill_tree(proc.pid, sig)
+            self._signal(sig)
         self.agent.out.json(b"s", self.channel, {"pid": proc.pid})
 
         try:
@@ -584,6 +615,7 @@ class Command:
         oom_after = read_oom_kills() if oom_before is not None else None
         oom = (oom_after is not None and oom_after > (oom_before or 0)
                and (signum == signal.SIGKILL or exit_code == 128 + signal.SIGKILL))
+        self._remove_temp_files()  # before `x`: the file is gone once the server hears of the exit
         self.agent.release(self.channel)
         self.agent.out.json(b"x", self.channel, {
             "exitCode": exit_code, "signal": signum, "timedOut": timed_out,
@@ -595,7 +627,7 @@ class Command:
             while self.stdin_pending:
                 data = self.stdin_pending[0]
                 try:
-                    n = os.write(fd, data[:CHUNK])
+                    n = os.write(fd, data)
                 except BlockingIOError:
                     return fd
                 except OSError:  # EPIPE: the command closed its stdin; drop the rest
@@ -603,7 +635,7 @@ class Command:
                     self.stdin_eof = True
                     break
                 if n < len(data):
-                    self.stdin_pending[0] = data[n:]
+                    self.stdin_pending[0] = memoryview(data)[n:]  # no copy of the rest
                 else:
                     self.stdin_pending.popleft()
             if not self.stdin_eof:
@@ -684,13 +716,15 @@ class FileOp:
 
     def run(self) -> None:
         try:
-            result = getattr(self, "op_" + self.kind.decode())()
+            body = jdump(getattr(self, "op_" + self.kind.decode())())
+            if len(body) > MAX_PAYLOAD:  # e.g. listing a huge directory: the server would drop us
+                raise RequestError("invalid", f"result too large ({len(body)} bytes)")
         except Exception as exc:
             self.agent.release(self.channel)
             self.agent.out.json(b"r", self.channel, error_body(exc))
         else:
             self.agent.release(self.channel)
-            self.agent.out.json(b"f", self.channel, result)
+            self.agent.out.send(b"f", self.channel, body)
 
     @staticmethod
     def describe(st: os.stat_result) -> dict[str, Any]:

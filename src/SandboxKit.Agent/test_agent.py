@@ -92,8 +92,10 @@ class AgentClient:
         return next(self._ids)
 
     def send(self, kind: bytes, channel: int, payload: bytes = b"") -> None:
+        data = memoryview(HEADER.pack(len(payload) + 5, kind, channel) + payload)
         with self._wlock:
-            self.proc.stdin.write(HEADER.pack(len(payload) + 5, kind, channel) + payload)  # type: ignore[union-attr]
+            while data:  # unbuffered pipe: write() may be partial
+                data = data[self.proc.stdin.write(data):]  # type: ignore[union-attr]
 
     def send_json(self, kind: bytes, channel: int, obj: Any) -> None:
         self.send(kind, channel, json.dumps(obj).encode())
@@ -188,6 +190,20 @@ def alive(pid: int) -> bool:
         return False
 
 
+def session_members(sid: int) -> list[int]:
+    """Live (non-zombie) processes whose session id is sid."""
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != b"Z":
+            found.append(int(name))
+    return found
+
+
 def wait_dead(pid: int, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -200,11 +216,13 @@ def wait_dead(pid: int, timeout: float = 5.0) -> bool:
 class AgentTestCase(unittest.TestCase):
     def setUp(self) -> None:
         self.workdir = os.path.realpath(tempfile.mkdtemp(prefix="sbk-test-"))
+        self.addCleanup(shutil.rmtree, self.workdir, ignore_errors=True)
         self.agent = self.new_agent()
         self.to_kill: list[int] = []
 
     def new_agent(self, **env: str) -> AgentClient:
         client = AgentClient(self.workdir, env)
+        self.addCleanup(client.log.close)
         kind, payload = client.frame(0)
         self.assertEqual(kind, b"h")
         return client
@@ -218,8 +236,6 @@ class AgentTestCase(unittest.TestCase):
         if self.agent.proc.poll() is None:
             rc = self.agent.close()
             self.assertEqual(rc, 0, self.agent.stderr_log())
-        self.agent.log.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def assertRan(self, res: Result, code: int = 0) -> None:
         self.assertIsNone(res.error, res.error)
@@ -236,7 +252,7 @@ class FramingTests(AgentTestCase):
             client.close()
 
     def test_oversized_frame_length_exits_2(self) -> None:
-        self.agent.send(b"P", 1, b"x")
+        self.agent.ping()
         self.agent.proc.stdin.write(struct.pack(">I", 16 * 1024 * 1024 + 6) + b"R\0\0\0\1")  # type: ignore[union-attr]
         self.assertEqual(self.agent.close(), 2)
 
@@ -564,12 +580,19 @@ class KillTests(AgentTestCase):
         ch = a.start("sleep 100 & echo $!; sleep 100")
         kind, payload = a.frame(ch)
         self.assertEqual(kind, b"s")
+        shell = json.loads(payload)["pid"]
         kind, payload = a.frame(ch)
         bg = int(payload)
         a.send_json(b"K", ch, {"signal": 15})
         res = a.collect(ch)
         self.assertEqual((res.code, res.exit["signal"], res.exit["timedOut"]), (143, 15, False))  # type: ignore[index]
         self.assertTrue(wait_dead(bg))
+        # Nothing of the command outlives it, not even a child forked as the signal
+        # arrived (the agent's follow-up passes run for ~1 s).
+        deadline = time.monotonic() + 3
+        while session_members(shell) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(session_members(shell), [])
 
     def test_background_process_does_not_hold_command(self) -> None:
         a = self.agent

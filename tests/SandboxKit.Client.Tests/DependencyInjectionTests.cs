@@ -69,6 +69,26 @@ public class DependencyInjectionTests : WireMockTestBase
     }
 
     [Test]
+    public async Task AddSandboxClient_Twice_KeepsOnePipeline_AndLaterConfigurationWins()
+    {
+        var services = new ServiceCollection();
+        services.AddSandboxClient(o => o.BaseAddress = new Uri("http://unused.invalid"));
+        services.AddSandboxClient(o =>
+        {
+            o.BaseAddress = BaseUri;
+            o.MaxRetryAttempts = 1;
+            o.RetryDelay = TimeSpan.FromMilliseconds(10);
+        });
+        await using var provider = services.BuildServiceProvider();
+        Server.Given(Request.Create().WithPath("/v1/sessions").UsingPost()).RespondWith(Problem(503, "engine_unavailable"));
+
+        await Assert.ThrowsAsync<SandboxException>(() => provider.GetRequiredService<SandboxClient>().CreateSessionAsync());
+
+        // One pipeline with one retry: 2 requests. Two nested pipelines would have sent 4.
+        Assert.That(Requests("POST", "/v1/sessions"), Has.Count.EqualTo(2));
+    }
+
+    [Test]
     public async Task InvalidOptions_FailOnStart_NamingTheProblem()
     {
         var services = new ServiceCollection();

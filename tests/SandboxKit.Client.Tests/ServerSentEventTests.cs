@@ -151,3 +151,71 @@ public class ServerSentEventTests : WireMockTestBase
         });
     }
 }
+
+/// <summary>A real slow stream (HttpListener, chunked), which WireMock cannot produce.</summary>
+public class SlowStreamTests
+{
+    [Test]
+    public async Task StreamAsync_OutlivesTheAttemptAndTotalTimeouts_OnceEventsFlow()
+    {
+        var port = GetFreePort();
+        using var listener = new System.Net.HttpListener();
+        listener.Prefixes.Add($"http://127.0.0.1:{port}/");
+        listener.Start();
+        var serve = Task.Run(async () =>
+        {
+            var context = await listener.GetContextAsync();
+            context.Response.StatusCode = 200;
+            context.Response.ContentType = "text/event-stream";
+            context.Response.SendChunked = true;
+            var output = context.Response.OutputStream;
+            async Task Send(string frame, int delayMs)
+            {
+                await Task.Delay(delayMs);
+                var bytes = Encoding.UTF8.GetBytes(frame);
+                await output.WriteAsync(bytes);
+                await output.FlushAsync();
+            }
+
+            await Send("event: started\ndata: {\"type\":\"started\",\"pid\":1}\n\n", 0);
+            for (var i = 0; i < 4; i++)
+            {
+                await Send(": keepalive\n\n", 300);
+                await Send($"event: stdout\ndata: {{\"type\":\"stdout\",\"data\":\"tick {i}\\n\"}}\n\n", 0);
+            }
+
+            await Send("event: exited\ndata: {\"type\":\"exited\",\"result\":{\"exitCode\":0,\"stdout\":\"\",\"stderr\":\"\",\"timedOut\":false,\"oomKilled\":false,\"truncated\":false,\"stdoutBytes\":28,\"stderrBytes\":0,\"durationMs\":1200}}\n\n", 300);
+            context.Response.Close();
+        });
+
+        var options = new SandboxClientOptions
+        {
+            BaseAddress = new Uri($"http://127.0.0.1:{port}"),
+            AttemptTimeout = TimeSpan.FromMilliseconds(400),
+            TotalTimeout = TimeSpan.FromMilliseconds(500),
+        };
+        using var connection = new SandboxConnection(options, loggerFactory: null);
+        var session = new SandboxSession(connection, WireMockTestBase.Session("s1"));
+        session.Detach();
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+
+        var types = new List<string>();
+        await foreach (var e in session.StreamAsync("for i in 0 1 2 3; do sleep 0.3; echo tick $i; done"))
+        {
+            types.Add(e.Type == "stdout" ? e.Data!.Trim() : e.Type);
+        }
+
+        await serve;
+        Assert.That(types, Is.EqualTo(new[] { "started", "tick 0", "tick 1", "tick 2", "tick 3", "exited" }));
+        Assert.That(watch.Elapsed, Is.GreaterThan(TimeSpan.FromMilliseconds(1200)), "the stream really outlived the 500 ms total timeout");
+    }
+
+    private static int GetFreePort()
+    {
+        var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        l.Start();
+        var port = ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+}

@@ -62,8 +62,9 @@ public abstract class WireMockTestBase
     internal static string? Header(IRequestMessage request, string name) =>
         request.Headers?.FirstOrDefault(h => h.Key.Equals(name, StringComparison.OrdinalIgnoreCase)).Value?.FirstOrDefault();
 
+    /// <summary>A query parameter decoded as ASP.NET Core decodes it (names too, e.g. <c>metadata%5Bteam%5D</c>).</summary>
     internal static string? Query(IRequestMessage request, string name) =>
-        request.Query?.FirstOrDefault(q => q.Key == name).Value?.FirstOrDefault();
+        System.Web.HttpUtility.ParseQueryString(request.RawQuery ?? string.Empty)[name];
 
     internal static IResponseBuilder Json<T>(int status, T value, JsonTypeInfo<T> typeInfo) =>
         Response.Create()

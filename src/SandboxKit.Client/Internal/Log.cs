@@ -1,0 +1,19 @@
+using Microsoft.Extensions.Logging;
+
+namespace SandboxKit.Client.Internal;
+
+internal static partial class Log
+{
+    [LoggerMessage(EventId = 1, Level = LogLevel.Debug, Message = "Sandbox session {SessionId} was already gone when disposed")]
+    public static partial void SessionAlreadyGone(ILogger logger, string sessionId);
+
+    [LoggerMessage(EventId = 2, Level = LogLevel.Warning,
+        Message = "Could not delete sandbox session {SessionId} on dispose; the server will remove it when it idles out")]
+    public static partial void DisposeDeleteFailed(ILogger logger, string sessionId, Exception exception);
+
+    [LoggerMessage(EventId = 3, Level = LogLevel.Debug, Message = "Created sandbox session {SessionId}")]
+    public static partial void SessionCreated(ILogger logger, string sessionId);
+
+    [LoggerMessage(EventId = 4, Level = LogLevel.Debug, Message = "Reusing sandbox session {SessionId} of user {UserId}")]
+    public static partial void SessionReused(ILogger logger, string sessionId, string userId);
+}
