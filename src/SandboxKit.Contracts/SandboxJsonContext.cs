@@ -11,6 +11,8 @@ namespace SandboxKit.Contracts;
 [JsonSerializable(typeof(CreateSessionRequest))]
 [JsonSerializable(typeof(SessionInfo))]
 [JsonSerializable(typeof(SessionList))]
+[JsonSerializable(typeof(SessionStats))]
+[JsonSerializable(typeof(UsageReport))]
 [JsonSerializable(typeof(ExecuteRequest))]
 [JsonSerializable(typeof(RunCodeRequest))]
 [JsonSerializable(typeof(ExecuteResult))]

@@ -92,3 +92,50 @@ public sealed record SessionList
     /// <summary>The sessions.</summary>
     public required IReadOnlyList<SessionInfo> Sessions { get; init; }
 }
+
+/// <summary>Resource use of a session's container, from <c>GET /v1/sessions/{id}/stats</c>.</summary>
+public sealed record SessionStats
+{
+    /// <summary>Memory in use now (bytes, page cache included as the kernel counts it).</summary>
+    public required long MemoryUsageBytes { get; init; }
+
+    /// <summary>The session's memory limit (bytes).</summary>
+    public required long MemoryLimitBytes { get; init; }
+
+    /// <summary>CPU time used since the container started (seconds, all cores).</summary>
+    public required double CpuSeconds { get; init; }
+
+    /// <summary>Processes and threads running now.</summary>
+    public required long Pids { get; init; }
+
+    /// <summary>The session's process limit.</summary>
+    public required int PidsLimit { get; init; }
+}
+
+/// <summary>What a tenant has used since the server started, from <c>GET /v1/usage</c>.</summary>
+public sealed record UsageReport
+{
+    /// <summary>Tenant name.</summary>
+    public required string Tenant { get; init; }
+
+    /// <summary>Sessions open now.</summary>
+    public required int ActiveSessions { get; init; }
+
+    /// <summary>Sessions created.</summary>
+    public required long SessionsCreated { get; init; }
+
+    /// <summary>Commands and code runs finished.</summary>
+    public required long Commands { get; init; }
+
+    /// <summary>Commands that timed out.</summary>
+    public required long CommandsTimedOut { get; init; }
+
+    /// <summary>Sum of command durations (seconds).</summary>
+    public required double CommandSeconds { get; init; }
+
+    /// <summary>Bytes commands wrote to stdout and stderr.</summary>
+    public required long OutputBytes { get; init; }
+
+    /// <summary>Since when these counters run.</summary>
+    public required DateTimeOffset Since { get; init; }
+}

@@ -56,10 +56,12 @@ public static class SandboxServerApp
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton<SandboxImage>();
         builder.Services.AddSingleton<TenantResolver>();
+        builder.Services.AddTenantRateLimits();
         builder.Services.AddSingleton<IContainerEngine>(sp => new DockerEngine(
             sp.GetRequiredService<IOptions<SandboxOptions>>().Value.DockerEndpoint is { Length: > 0 } endpoint ? endpoint : DockerEngine.DefaultEndpoint,
             sp.GetRequiredService<ILogger<DockerEngine>>()));
         builder.Services.AddSingleton<ContainerSpecFactory>();
+        builder.Services.AddSingleton<UsageMeter>();
         builder.Services.AddSingleton<SessionManager>();
         builder.Services.AddSingleton<CommandService>();
         builder.Services.AddSingleton<WarmPool>();
@@ -74,6 +76,7 @@ public static class SandboxServerApp
 
         app.UseExceptionHandler();
         app.UseStatusCodePages();
+        app.UseRateLimiter();
         app.UseWebSockets(new WebSocketOptions { KeepAliveInterval = TimeSpan.FromSeconds(15) });
         app.UseMiddleware<IdempotencyMiddleware>();
         app.MapOpenApi("/openapi/{documentName}.json");

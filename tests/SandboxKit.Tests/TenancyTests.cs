@@ -25,6 +25,9 @@ public sealed class TenancyTests
             ["Auth:ApiKeys:0:MaxSessions"] = "2",
             ["Auth:ApiKeys:1:KeySha256"] = TenantResolver.Hash("beta-key"),
             ["Auth:ApiKeys:1:Tenant"] = "beta",
+            ["Auth:ApiKeys:2:Key"] = "gamma-key",
+            ["Auth:ApiKeys:2:Tenant"] = "gamma",
+            ["Auth:ApiKeys:2:RequestsPerSecond"] = "2",
         });
         _alpha = new HttpClient { BaseAddress = _host.BaseAddress };
         _alpha.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "alpha-key");
@@ -95,6 +98,24 @@ public sealed class TenancyTests
         var again = await _host.CreateSessionAsync(http: _alpha);
         await _alpha.DeleteAsync($"/v1/sessions/{b.Id}");
         await _alpha.DeleteAsync($"/v1/sessions/{again.Id}");
+    }
+
+    [Test]
+    public async Task A_tenant_over_its_request_rate_gets_429_rate_limited_and_others_do_not()
+    {
+        using var gamma = new HttpClient { BaseAddress = _host.BaseAddress };
+        gamma.DefaultRequestHeaders.Add("X-API-Key", "gamma-key");
+        var responses = new List<HttpResponseMessage>();
+        for (var i = 0; i < 12; i++)
+        {
+            responses.Add(await gamma.GetAsync("/v1/sessions"));
+        }
+        var limited = responses.Where(r => r.StatusCode == HttpStatusCode.TooManyRequests).ToList();
+        Assert.That(limited, Is.Not.Empty, "12 requests at once exceed a bucket of 4");
+        Assert.That(responses.Count(r => r.StatusCode == HttpStatusCode.OK), Is.GreaterThanOrEqualTo(4));
+        Assert.That(limited[0].Headers.RetryAfter, Is.Not.Null);
+        Assert.That((await ServerHost.ProblemAsync(limited[0])).GetProperty("code").GetString(), Is.EqualTo("rate_limited"));
+        Assert.That((await _alpha.GetAsync("/v1/sessions")).StatusCode, Is.EqualTo(HttpStatusCode.OK), "other tenants are not limited");
     }
 
     [Test]

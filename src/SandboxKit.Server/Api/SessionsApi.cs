@@ -15,6 +15,15 @@ internal static class SessionsApi
         group.MapGet("/{id}", Get).WithSummary("Describe a session.");
         group.MapDelete("/{id}", DeleteAsync).WithSummary("Delete a session and its container.");
         group.MapPost("/{id}/keepalive", KeepAlive).WithSummary("Extend the idle deadline (never past the maximum lifetime).");
+        group.MapGet("/{id}/stats", GetStatsAsync).WithSummary("Memory, CPU time and process count of the session's container now.");
+
+        app.MapGet("/v1/usage", (HttpContext http, SessionManager sessions, UsageMeter usage) =>
+            {
+                var tenant = http.GetTenant();
+                return TypedResults.Ok(usage.Report(tenant.Name, sessions.CountFor(tenant)));
+            })
+            .WithTags("Sessions")
+            .WithSummary("The caller's usage since the server started: sessions, commands, command time, output bytes.");
 
         app.MapDelete("/v1/users/{userId}/storage", DeleteUserStorageAsync)
             .WithTags("Sessions")
@@ -54,6 +63,25 @@ internal static class SessionsApi
 
     private static Ok<SessionInfo> KeepAlive(HttpContext http, SessionManager sessions, string id) =>
         TypedResults.Ok(sessions.KeepAlive(sessions.Get(http.GetTenant(), id)));
+
+    private static async Task<Ok<SessionStats>> GetStatsAsync(HttpContext http, SessionManager sessions, string id, CancellationToken cancellationToken)
+    {
+        var session = sessions.Get(http.GetTenant(), id);
+        var stats = await sessions.Engine.GetStatsAsync(session.ContainerId, cancellationToken);
+        if (stats is null)
+        {
+            await sessions.ThrowIfGoneAsync(session);
+            throw ApiProblemException.SessionNotFound(id);
+        }
+        return TypedResults.Ok(new SessionStats
+        {
+            MemoryUsageBytes = stats.MemoryUsageBytes,
+            MemoryLimitBytes = stats.MemoryLimitBytes,
+            CpuSeconds = stats.CpuSeconds,
+            Pids = stats.Pids,
+            PidsLimit = session.PidsLimit,
+        });
+    }
 
     private static async Task<NoContent> DeleteUserStorageAsync(HttpContext http, SessionManager sessions, string userId, CancellationToken cancellationToken)
     {

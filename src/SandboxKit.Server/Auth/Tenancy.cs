@@ -16,6 +16,10 @@ public sealed class AuthOptions
 
     /// <summary>Concurrent-session quota of the single tenant used when no keys are configured.</summary>
     public int DefaultMaxSessions { get; set; } = 50;
+
+    /// <summary>Requests per second each tenant may make (token bucket, bursts up to twice this); 0 means no limit.
+    /// A key's own <see cref="ApiKeyOptions.RequestsPerSecond"/> overrides it.</summary>
+    public int DefaultRequestsPerSecond { get; set; }
 }
 
 /// <summary>One API key. Give <see cref="KeySha256"/> (hex SHA-256 of the key) in production; <see cref="Key"/> is hashed at start.</summary>
@@ -32,10 +36,13 @@ public sealed class ApiKeyOptions
 
     /// <summary>Most sessions the tenant may have at once.</summary>
     public int MaxSessions { get; set; } = 20;
+
+    /// <summary>Requests per second for this tenant; null takes <see cref="AuthOptions.DefaultRequestsPerSecond"/>, 0 means no limit.</summary>
+    public int? RequestsPerSecond { get; set; }
 }
 
 /// <summary>Who is calling: the tenant a key maps to and its quotas.</summary>
-internal sealed record Tenant(string Name, int MaxSessions);
+internal sealed record Tenant(string Name, int MaxSessions, int RequestsPerSecond = 0);
 
 /// <summary>Resolves the caller's tenant from <c>Authorization: Bearer</c> or <c>X-API-Key</c>; keys are kept only as hashes.</summary>
 internal sealed class TenantResolver
@@ -54,9 +61,9 @@ internal sealed class TenantResolver
             {
                 throw new StartupException($"Auth:ApiKeys entry for tenant '{key.Tenant}' has a KeySha256 that is not 64 hex digits.");
             }
-            _byHash[hash] = new Tenant(key.Tenant, key.MaxSessions);
+            _byHash[hash] = new Tenant(key.Tenant, key.MaxSessions, key.RequestsPerSecond ?? options.Value.DefaultRequestsPerSecond);
         }
-        _anonymous = _byHash.Count == 0 ? new Tenant("default", options.Value.DefaultMaxSessions) : null;
+        _anonymous = _byHash.Count == 0 ? new Tenant("default", options.Value.DefaultMaxSessions, options.Value.DefaultRequestsPerSecond) : null;
     }
 
     public bool KeysConfigured => _anonymous is null;

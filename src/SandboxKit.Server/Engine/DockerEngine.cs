@@ -167,6 +167,30 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
         return new ExecOutcome(inspect.ExitCode, Encoding.UTF8.GetString(output.GetBuffer(), 0, (int)output.Length));
     });
 
+    public Task<ContainerStats?> GetStatsAsync(string containerId, CancellationToken cancellationToken) => Guard(async () =>
+    {
+        var reading = new LastReading<ContainerStatsResponse>();
+        try
+        {
+            await _client.Containers.GetContainerStatsAsync(
+                containerId,
+                new ContainerStatsParameters { Stream = false, OneShot = true },
+                reading,
+                cancellationToken).ConfigureAwait(false);
+        }
+        catch (DockerContainerNotFoundException)
+        {
+            return null;
+        }
+        return reading.Value is not { } r
+            ? null
+            : (ContainerStats?)new ContainerStats(
+                (long)r.MemoryStats.Usage,
+                (long)r.MemoryStats.Limit,
+                r.CPUStats.CPUUsage.TotalUsage / 1e9,
+                (long)r.PidsStats.Current);
+    });
+
     public Task CreateVolumeAsync(string name, IReadOnlyDictionary<string, string> labels, CancellationToken cancellationToken) => Guard(async () =>
     {
         await _client.Volumes.CreateAsync(
@@ -268,6 +292,14 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
     };
 
     private static Exception Innermost(Exception e) => e.InnerException is null ? e : Innermost(e.InnerException);
+
+    /// <summary>Keeps the reading synchronously (Progress&lt;T&gt; would post it to the thread pool, after the call returns).</summary>
+    private sealed class LastReading<T> : IProgress<T>
+    {
+        public T? Value { get; private set; }
+
+        public void Report(T value) => Value = value;
+    }
 
     private sealed class AttachedStream(MultiplexedStream stream, string containerId, ILogger logger) : IAttachedStream
     {

@@ -31,6 +31,9 @@ internal interface IContainerEngine
     /// <summary>One Docker exec of an argv, output capped. Used for diagnostics and as a benchmark reference, never on the command path.</summary>
     Task<ExecOutcome> ExecAsync(string containerId, IReadOnlyList<string> argv, CancellationToken cancellationToken);
 
+    /// <summary>A one-shot resource reading; null when the container does not exist.</summary>
+    Task<ContainerStats?> GetStatsAsync(string containerId, CancellationToken cancellationToken);
+
     Task CreateVolumeAsync(string name, IReadOnlyDictionary<string, string> labels, CancellationToken cancellationToken);
 
     Task<IReadOnlyList<VolumeState>> ListVolumesAsync(string labelKey, string labelValue, CancellationToken cancellationToken);
@@ -47,6 +50,8 @@ internal interface IAttachedStream : IAsyncDisposable
 
     ValueTask WriteAsync(ReadOnlyMemory<byte> data, CancellationToken cancellationToken);
 }
+
+internal sealed record ContainerStats(long MemoryUsageBytes, long MemoryLimitBytes, double CpuSeconds, long Pids);
 
 internal sealed record VolumeState(string Name, IReadOnlyDictionary<string, string> Labels);
 

@@ -12,7 +12,7 @@ namespace SandboxKit.Server.Exec;
 /// Runs commands through a session's agent channel (never a Docker exec) and turns the agent's frames into
 /// results and events. Output kept for a result is capped per stream (head and tail); streamed output is passed on as it comes.
 /// </summary>
-internal sealed class CommandService(SessionManager sessions, IOptions<SandboxOptions> options)
+internal sealed class CommandService(SessionManager sessions, UsageMeter usage, IOptions<SandboxOptions> options)
 {
     private static readonly TimeSpan WatchdogMargin = TimeSpan.FromSeconds(30);
     private readonly SandboxOptions _options = options.Value;
@@ -115,7 +115,7 @@ internal sealed class CommandService(SessionManager sessions, IOptions<SandboxOp
                         case FrameType.Exited:
                             var exit = JsonSerializer.Deserialize(frame.Payload.Span, AgentJsonContext.Default.AgentExit)
                                 ?? throw new AgentUnavailableException("The agent sent an empty exit report.");
-                            return new ExecuteResult
+                            var result = new ExecuteResult
                             {
                                 ExitCode = exit.ExitCode,
                                 Stdout = sink is null ? stdout.ToString() : "",
@@ -128,6 +128,8 @@ internal sealed class CommandService(SessionManager sessions, IOptions<SandboxOp
                                 DurationMs = exit.DurationMs,
                                 WorkingDirectory = exit.WorkingDirectory,
                             };
+                            usage.CommandFinished(session, result);
+                            return result;
                         case FrameType.Error:
                             throw ToProblem(frame);
                     }

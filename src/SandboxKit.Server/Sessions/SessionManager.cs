@@ -20,6 +20,7 @@ internal sealed class SessionManager(
     SandboxImage images,
     ContainerSpecFactory specs,
     WarmPool pool,
+    UsageMeter usage,
     TimeProvider time,
     ILogger<SessionManager> logger)
 {
@@ -105,6 +106,7 @@ internal sealed class SessionManager(
                 throw;
             }
             _sessions[session.Id] = session;
+            usage.SessionCreated(tenant.Name);
             logger.LogInformation("Session {Session} created for tenant {Tenant} (container {Container}, {Source})",
                 session.Id, tenant.Name, containerId[..12], fromPool ? "warm pool" : "cold start");
             return session;
@@ -133,6 +135,8 @@ internal sealed class SessionManager(
         }
         throw ApiProblemException.SessionNotFound(id);
     }
+
+    public int CountFor(Tenant tenant) => _tenantCounts.GetValueOrDefault(tenant.Name);
 
     public IReadOnlyList<Session> List(Tenant tenant, string? userId, IReadOnlyDictionary<string, string> metadata) =>
         _sessions.Values
