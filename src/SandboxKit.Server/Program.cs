@@ -3,6 +3,7 @@ using SandboxKit.Server;
 try
 {
     var app = SandboxServerApp.Build(args);
+    SandboxServerApp.EnsureAddressesAreFree(app);
     await app.StartAsync();
     foreach (var url in app.Urls)
     {

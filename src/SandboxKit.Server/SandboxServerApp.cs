@@ -110,6 +110,36 @@ public static class SandboxServerApp
         app.Logger.LogWarning("No API keys configured: listening on loopback only ({Urls}), every caller is tenant 'default'", string.Join(", ", urls));
     }
 
+    /// <summary>
+    /// Fails with one clear line when an address is taken, before anything (adoption, the pool) touches the engine:
+    /// a second server that cannot listen must not sweep the first one's containers.
+    /// </summary>
+    /// <exception cref="StartupException">An address is in use.</exception>
+    public static void EnsureAddressesAreFree(WebApplication app)
+    {
+        var urls = (app.Configuration[WebHostDefaults.ServerUrlsKey] ?? "http://127.0.0.1:5000")
+            .Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        foreach (var url in urls)
+        {
+            if (!Uri.TryCreate(url.Replace("://*", "://0.0.0.0", StringComparison.Ordinal).Replace("://+", "://0.0.0.0", StringComparison.Ordinal), UriKind.Absolute, out var uri) || uri.Port == 0)
+            {
+                continue;
+            }
+            var address = uri.IsLoopback && !IPAddress.TryParse(uri.Host.Trim('[', ']'), out _) ? IPAddress.Loopback
+                : IPAddress.TryParse(uri.Host.Trim('[', ']'), out var ip) ? ip : IPAddress.Any;
+            try
+            {
+                var probe = new System.Net.Sockets.TcpListener(address, uri.Port);
+                probe.Start();
+                probe.Stop();
+            }
+            catch (System.Net.Sockets.SocketException e) when (e.SocketErrorCode == System.Net.Sockets.SocketError.AddressAlreadyInUse)
+            {
+                throw new StartupException($"cannot listen on {url}: the address is already in use. Stop the other process or pass --urls http://127.0.0.1:<port>.");
+            }
+        }
+    }
+
     private static bool IsLoopback(string url)
     {
         if (!Uri.TryCreate(url.Replace("://*", "://0.0.0.0", StringComparison.Ordinal).Replace("://+", "://0.0.0.0", StringComparison.Ordinal), UriKind.Absolute, out var uri))
