@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-scripts/ensure-engine.sh
+# The image script makes sure an engine answers first (scripts/ensure-engine.sh).
 scripts/build-sandbox-image.sh
 image="${SANDBOXKIT_IMAGE:-sandboxkit/sandbox:$(tr -d '[:space:]' < VERSION)}"
 

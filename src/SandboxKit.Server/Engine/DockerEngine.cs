@@ -246,7 +246,13 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
             Init = spec.Init,
             Tmpfs = spec.Tmpfs.ToDictionary(),
             Mounts = spec.Volumes.Select(v => new Mount { Type = "volume", Source = v.Key, Target = v.Value })
-                .Concat(spec.AnonymousVolumes.Select(path => new Mount { Type = "volume", Target = path }))
+                .Concat(spec.AnonymousVolumes.Select(path => new Mount
+                {
+                    Type = "volume",
+                    Target = path,
+                    // Labelled like the container, so a leak check by label sees them too.
+                    VolumeOptions = new VolumeOptions { Labels = spec.Labels.ToDictionary() },
+                }))
                 .ToList(),
             // Output goes to the session's attach stream; a json-file log would copy every byte to disk.
             LogConfig = new LogConfig { Type = "none" },

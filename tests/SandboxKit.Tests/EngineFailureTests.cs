@@ -1,0 +1,127 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Net.Sockets;
+using SandboxKit.Contracts;
+
+namespace SandboxKit.Tests;
+
+/// <summary>
+/// The engine going away and coming back, simulated with a Unix-socket relay in front of the real engine that the
+/// test can cut: the server answers 503 meanwhile, stays up, and works again without a restart.
+/// </summary>
+[TestFixture]
+public sealed class EngineFailureTests
+{
+    [Test]
+    public async Task An_unreachable_engine_gives_503_problems_and_the_server_recovers_when_it_returns()
+    {
+        var socketPath = Path.Combine(Path.GetTempPath(), $"sk-relay-{Guid.NewGuid():N}.sock");
+        var relay = EngineRelay.Start(socketPath);
+        await using var host = await ServerHost.StartAsync(new Dictionary<string, string?> { ["Sandbox:DockerEndpoint"] = "unix://" + socketPath });
+        try
+        {
+            var before = await host.CreateSessionAsync();
+            relay.Dispose();
+
+            var create = await host.Http.PostAsJsonAsync("/v1/sessions", new CreateSessionRequest(), SandboxJsonContext.Default.CreateSessionRequest);
+            Assert.That(create.StatusCode, Is.EqualTo(HttpStatusCode.ServiceUnavailable));
+            var problem = await ServerHost.ProblemAsync(create);
+            Assert.That(problem.GetProperty("code").GetString(), Is.EqualTo("engine_unavailable"));
+            Assert.That(create.Headers.RetryAfter, Is.Not.Null);
+            Assert.That((await host.Http.GetAsync("/healthz")).StatusCode, Is.EqualTo(HttpStatusCode.ServiceUnavailable));
+
+            // The session's attach stream went through the relay too: its commands fail as unavailable, not as gone.
+            var exec = await host.Http.PostAsJsonAsync($"/v1/sessions/{before.Id}/commands", new ExecuteRequest { Command = "true" }, SandboxJsonContext.Default.ExecuteRequest);
+            Assert.That(exec.StatusCode, Is.EqualTo(HttpStatusCode.ServiceUnavailable));
+
+            relay = EngineRelay.Start(socketPath);
+            // The same session works again: the server re-attaches to its agent.
+            Assert.That((await host.ExecuteAsync(before.Id, "echo again")).Stdout, Is.EqualTo("again\n"));
+            Assert.That((await host.Http.GetAsync("/healthz")).StatusCode, Is.EqualTo(HttpStatusCode.OK));
+            var after = await host.CreateSessionAsync();
+            Assert.That((await host.ExecuteAsync(after.Id, "echo back")).Stdout, Is.EqualTo("back\n"));
+            await host.DeleteSessionAsync(after.Id);
+            await host.DeleteSessionAsync(before.Id);
+        }
+        finally
+        {
+            relay.Dispose();
+            File.Delete(socketPath);
+        }
+        await host.DisposeAsync();
+        Assert.That(await Engine.CountResourcesAsync(host.Instance), Is.Zero);
+    }
+
+    /// <summary>Relays connections from a Unix socket to the real engine's socket; disposing cuts them all.</summary>
+    private sealed class EngineRelay : IDisposable
+    {
+        private readonly Socket _listener;
+        private readonly CancellationTokenSource _stop = new();
+        private readonly List<Socket> _open = [];
+
+        private EngineRelay(string path)
+        {
+            File.Delete(path);
+            _listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            _listener.Bind(new UnixDomainSocketEndPoint(path));
+            _listener.Listen(64);
+            _ = AcceptLoopAsync();
+        }
+
+        public static EngineRelay Start(string path) => new(path);
+
+        private async Task AcceptLoopAsync()
+        {
+            try
+            {
+                while (!_stop.IsCancellationRequested)
+                {
+                    var client = await _listener.AcceptAsync(_stop.Token);
+                    var engine = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+                    await engine.ConnectAsync(new UnixDomainSocketEndPoint("/var/run/docker.sock"));
+                    lock (_open)
+                    {
+                        _open.Add(client);
+                        _open.Add(engine);
+                    }
+                    _ = PumpAsync(client, engine);
+                    _ = PumpAsync(engine, client);
+                }
+            }
+            catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
+            {
+            }
+        }
+
+        private async Task PumpAsync(Socket from, Socket to)
+        {
+            var buffer = new byte[64 * 1024];
+            try
+            {
+                int read;
+                while ((read = await from.ReceiveAsync(buffer, _stop.Token)) > 0)
+                {
+                    await to.SendAsync(buffer.AsMemory(0, read), _stop.Token);
+                }
+                to.Shutdown(SocketShutdown.Send);
+            }
+            catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
+            {
+            }
+        }
+
+        public void Dispose()
+        {
+            _stop.Cancel();
+            _listener.Dispose();
+            lock (_open)
+            {
+                foreach (var s in _open)
+                {
+                    s.Dispose();
+                }
+                _open.Clear();
+            }
+        }
+    }
+}
