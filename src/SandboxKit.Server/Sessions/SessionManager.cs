@@ -152,20 +152,27 @@ internal sealed class SessionManager(
         return session.ToInfo();
     }
 
-    /// <summary>Removes the session's container and claim; idempotent.</summary>
+    /// <summary>
+    /// Removes the session's container and claim; idempotent. The session is closed to callers at once; if the engine
+    /// cannot be reached the error escapes and the reaper finishes the removal later (the session still counts against
+    /// its tenant's quota until its container is really gone).
+    /// </summary>
     public async Task DeleteAsync(Session session, string reason)
     {
-        if (!_sessions.TryRemove(session.Id, out _))
+        if (!_sessions.ContainsKey(session.Id))
         {
             return;
         }
         session.MarkClosed();
-        ReleaseSlot(session.Tenant);
         await session.DisconnectAsync().ConfigureAwait(false);
         // Container first: a claim without a container is recognised as an orphan on the next start.
         await engine.RemoveContainerAsync(session.ContainerId, CancellationToken.None).ConfigureAwait(false);
         await engine.RemoveVolumeAsync(session.ClaimVolume, CancellationToken.None).ConfigureAwait(false);
-        logger.LogInformation("Session {Session} removed ({Reason})", session.Id, reason);
+        if (_sessions.TryRemove(session.Id, out _))
+        {
+            ReleaseSlot(session.Tenant);
+            logger.LogInformation("Session {Session} removed ({Reason})", session.Id, reason);
+        }
     }
 
     /// <summary>Runs <paramref name="work"/> against the session's agent; a container that vanished becomes a 404, not a 500.</summary>
@@ -204,7 +211,7 @@ internal sealed class SessionManager(
         throw ApiProblemException.SessionNotFound(session.Id);
     }
 
-    /// <summary>Removes expired sessions; one failure never stops the pass.</summary>
+    /// <summary>Removes expired sessions and finishes removals that failed earlier; one failure never stops the pass.</summary>
     public async Task ReapAsync(CancellationToken cancellationToken)
     {
         var now = time.GetUtcNow();
@@ -214,7 +221,8 @@ internal sealed class SessionManager(
             {
                 return;
             }
-            if (session.ExpiryReason(now) is not { } reason)
+            var reason = session.Closed ? "removal retried" : session.ExpiryReason(now);
+            if (reason is null)
             {
                 continue;
             }
@@ -224,9 +232,7 @@ internal sealed class SessionManager(
             }
             catch (Exception e)
             {
-                logger.LogWarning(e, "Reaper could not remove session {Session}; it will try again", session.Id);
-                // Put it back so the next pass retries the removal.
-                _sessions.TryAdd(session.Id, session);
+                logger.LogWarning(e, "Reaper could not remove session {Session}; the next pass retries", session.Id);
             }
         }
     }
