@@ -5,6 +5,7 @@ using SandboxKit.Server.Api;
 using SandboxKit.Server.Auth;
 using SandboxKit.Server.Engine;
 using SandboxKit.Server.Exec;
+using SandboxKit.Server.Mcp;
 using SandboxKit.Server.Sessions;
 
 namespace SandboxKit.Server;
@@ -64,10 +65,12 @@ public static class SandboxServerApp
         builder.Services.AddSingleton<UsageMeter>();
         builder.Services.AddSingleton<SessionManager>();
         builder.Services.AddSingleton<CommandService>();
+        builder.Services.AddSingleton<FileService>();
         builder.Services.AddSingleton<WarmPool>();
         // Order matters: the reaper adopts existing sessions in its StartAsync, before the pool starts containers.
         builder.Services.AddHostedService<SessionReaper>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<WarmPool>());
+        builder.Services.AddSandboxMcp();
 
         configure?.Invoke(builder);
 
@@ -87,6 +90,7 @@ public static class SandboxServerApp
         app.MapProcessesApi();
         app.MapTerminalApi();
         app.MapSeedApi();
+        app.MapSandboxMcp();
         return app;
     }
 

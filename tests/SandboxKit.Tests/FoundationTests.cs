@@ -53,6 +53,7 @@ public sealed class FoundationTests
     public async Task A_container_from_the_sandbox_image_runs_a_command()
     {
         var instance = "test" + Guid.NewGuid().ToString("N")[..8];
+        TestRun.Track(instance);
         var id = await Engine.Docker.RunContainerAsync(new ContainerSpec
         {
             Name = $"sk-{instance}-probe",

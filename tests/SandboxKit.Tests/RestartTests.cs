@@ -14,6 +14,7 @@ public sealed class RestartTests
     public async Task Sessions_survive_a_SIGKILLed_server_with_their_files_and_state()
     {
         var instance = "test" + Guid.NewGuid().ToString("N")[..8];
+        TestRun.Track(instance);
         var port = FreePort();
         using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(60) };
         var server = await StartServerAsync(instance, port, http);

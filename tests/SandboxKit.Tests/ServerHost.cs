@@ -30,6 +30,7 @@ internal sealed class ServerHost : IAsyncDisposable
     public static async Task<ServerHost> StartAsync(IDictionary<string, string?>? settings = null, string? instance = null)
     {
         instance ??= "test" + Guid.NewGuid().ToString("N")[..8];
+        TestRun.Track(instance);
         var args = new List<string> { "--urls", "http://127.0.0.1:0", $"--Sandbox:InstanceName={instance}", "--Sandbox:WarmPoolSize=0", "--Logging:LogLevel:Default=Warning" };
         foreach (var (key, value) in settings ?? new Dictionary<string, string?>())
         {
