@@ -41,6 +41,19 @@ STATE_FD_MIN = 100  # state pipe lives at a high fd so user redirections (3..9) 
 BASH = shutil.which("bash") or "/bin/bash"  # absolute: the session PATH may be anything
 INTERPRETERS = {"python": ("python3", ".py"), "node": ("node", ".js"), "bash": ("bash", ".sh")}
 NOT_PERSISTED = {"SHLVL", "_", "__SBK_BASH_ENV"}  # bash (or the prelude) rewrites these
+# 0: every command spawns its own shell. 1 (default): a warm shell is spawned when the
+# agent starts and after each command. 2: also as soon as a warm shell is taken, betting
+# that the command leaves the state unchanged (if not, that shell is replaced when it
+# finishes): helps commands sent back to back, but the spawn competes for CPU with the
+# running command and is wasted when the command changes the state.
+WARM_MODE = os.environ.get("SANDBOXKIT_AGENT_WARM", "1")
+WARM_ENABLED = WARM_MODE != "0"
+WARM_REFILL_ON_TAKE = WARM_MODE == "2"
+WARM_WAIT = 1.0  # s: longest a command waits for a warm shell whose spawn is under way
+# Session variables that bash acts on at startup in ways the warm bootstrap could not
+# reproduce (or that would trace/alter the bootstrap itself): such sessions run cold.
+# (TMOUT would time out the bootstrap's blocking `read`.)
+WARM_UNSAFE_ENV = ("BASH_ENV", "SHELLOPTS", "BASHOPTS", "POSIXLY_CORRECT", "SECONDS", "TMOUT")
 
 ERRNO_CODES = {
     errno.ENOENT: "not_found", errno.EISDIR: "is_directory", errno.ENOTDIR: "not_directory",
@@ -103,12 +116,36 @@ def parse_export_p(text: bytes) -> dict[str, str] | None:
     return env
 
 
+_RAISE_OOM_SCORE = "{ builtin echo 1000 >/proc/self/oom_score_adj; } 2>/dev/null"
+
+
+def _exit_trap(state_fd: int) -> str:
+    return "trap -- '" + _TRAP.replace("@FD@", str(state_fd)) + "' EXIT"
+
+
 def prelude_text(state_fd: int | None) -> str:
-    text = "{ builtin echo 1000 >/proc/self/oom_score_adj; } 2>/dev/null\n"
+    text = _RAISE_OOM_SCORE + "\n"
     if state_fd is not None:
-        text += "trap -- '" + _TRAP.replace("@FD@", str(state_fd)) + "' EXIT\n"
+        text += _exit_trap(state_fd) + "\n"
     return text + ("if [[ -v __SBK_BASH_ENV ]]; then BASH_ENV=$__SBK_BASH_ENV; "
                    'unset __SBK_BASH_ENV; . "$BASH_ENV"; else unset BASH_ENV; fi\n')
+
+
+def warm_bootstrap(state_fd: int, wake_fd: int, script_fd: int) -> str:
+    """A warm shell's `-c` text, on one line so that the script's line numbers start at 1.
+
+    It does what the prelude does for a cold shell (no BASH_ENV: warm sessions have none),
+    then blocks until the agent closes the wake pipe, and reads the script from a memfd (a
+    seekable fd, so `read -d ''` reads it in blocks, not byte by byte) into
+    BASH_EXECUTION_STRING, which `bash -c SCRIPT` sets to SCRIPT anyway: no helper variable
+    is left behind. It closes both fds, restarts SECONDS (the shell may have idled), and
+    ends with the prelude's last command (`unset BASH_ENV`, a no-op here) so that `$_` is
+    what a cold shell's script sees. Then `eval` runs the script."""
+    return (f"{_RAISE_OOM_SCORE}; {_exit_trap(state_fd)}; "
+            f"read -r BASH_EXECUTION_STRING <&{wake_fd}; "
+            f'IFS= read -r -d "" BASH_EXECUTION_STRING <&{script_fd}; '
+            f"exec {wake_fd}<&- {script_fd}<&-; SECONDS=0; unset BASH_ENV; "
+            'eval "$BASH_EXECUTION_STRING"')
 
 
 def log(msg: str) -> None:
@@ -331,6 +368,236 @@ class Session:
                 self.cwd = cwd
 
 
+def _high_fd(fd: int) -> int:
+    """Move fd to a close-on-exec descriptor >= STATE_FD_MIN (user redirections use 3..9)."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, STATE_FD_MIN)
+    finally:
+        os.close(fd)
+
+
+def _script_fd(tmpdir: str) -> int:
+    """An empty, seekable, anonymous file for handing a script to a warm shell."""
+    try:
+        fd = os.memfd_create("sandboxkit-script", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):  # no memfd (old kernel / sandboxing runtime)
+        fd, path = tempfile.mkstemp(prefix="warm-", dir=tmpdir)
+        os.unlink(path)
+    return _high_fd(fd)
+
+
+class WarmShell:
+    """A `bash -c` started ahead of time for the session state (cwd + env) of that moment,
+    with its output and state pipes already made, blocked in a builtin `read` until it is
+    handed a script. Used for at most one command."""
+
+    def __init__(self, agent: Agent, cwd: str, env: dict[str, str]) -> None:
+        self.cwd, self.env = cwd, env
+        st = os.stat(cwd)
+        self.cwd_id = (st.st_dev, st.st_ino)  # a directory replaced under the same path is another state
+        mine: list[int] = []  # our ends, closed if the spawn fails
+        theirs: list[int] = []  # the shell's ends, closed once it has them
+        try:
+            self.out_r, w = os.pipe()
+            mine.append(self.out_r)
+            theirs.append(w)
+            self.err_r, w = os.pipe()
+            mine.append(self.err_r)
+            theirs.append(w)
+            self.state_r, w = os.pipe()
+            mine.append(self.state_r)
+            theirs.append(state_w := _high_fd(w))
+            r, self.wake_w = os.pipe()
+            mine.append(self.wake_w)
+            theirs.append(wake_r := _high_fd(r))
+            self.script_fd: int | None = _script_fd(agent.tmpdir)
+            mine.append(self.script_fd)
+            boot = warm_bootstrap(state_w, wake_r, self.script_fd)
+            self.proc = subprocess.Popen(
+                ["bash", "--noprofile", "--norc", "-c", boot], executable=BASH,
+                stdin=subprocess.DEVNULL, stdout=theirs[0], stderr=theirs[1], cwd=cwd, env=env,
+                start_new_session=True, pass_fds=(state_w, wake_r, self.script_fd))
+        except BaseException:
+            for fd in mine:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        self.pid = self.proc.pid
+
+    def usable(self, session: Session) -> bool:
+        """Alive, and started for exactly the state the next command would start in."""
+        with session.lock:
+            if session.env is not self.env and session.env != self.env:
+                return False
+        if session.current_cwd() != self.cwd:
+            return False
+        try:
+            st = os.stat(self.cwd)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.cwd_id and self.proc.poll() is None
+
+    def hand_over(self, script: bytes) -> None:
+        """Give the shell its script; it starts running it at once."""
+        assert self.script_fd is not None
+        view, done = memoryview(script), 0
+        while done < len(view):
+            done += os.pwrite(self.script_fd, view[done:], done)
+        os.close(self.script_fd)
+        self.script_fd = None
+        os.close(self.wake_w)  # EOF on the wake pipe: the shell reads the script and runs it
+        self.wake_w = -1
+
+    def discard(self) -> None:
+        """Kill the unused shell (it has no children: it never got a script) and reap it."""
+        self.kill_now()
+        try:
+            self.proc.wait()
+        except Exception:
+            pass
+        for fd in (self.out_r, self.err_r, self.state_r, self.wake_w, self.script_fd):
+            if fd is not None and fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.wake_w, self.script_fd = -1, None
+
+    def kill_now(self) -> None:
+        """Lock-free (agent shutdown). Not yet reaped, so the pid cannot have been reused."""
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+class WarmShells:
+    """Keeps at most one warm shell ready for the session's current state.
+
+    It is (re)spawned when the agent starts and after every command (request() then
+    refresh(); only one thread spawns at a time). A command that may run warm calls take():
+    it gets the shell if it matches the current state, waits (WARM_WAIT at most) if a spawn
+    is under way and no other command is waiting for it, and otherwise runs cold."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.cond = threading.Condition()
+        self.slot: WarmShell | None = None
+        self.busy = False  # a refresh is pending or running
+        self.again = False  # the state may have changed since the running refresh looked
+        self.claimed = False  # a command is already waiting for the refresh's shell
+        self.stale: list[WarmShell] = []  # killed by request(), reaped by refresh()
+
+    @staticmethod
+    def eligible_env(env: dict[str, str]) -> bool:
+        return WARM_ENABLED and not any(name in env for name in WARM_UNSAFE_ENV) and not any(
+            name.startswith("BASH_FUNC_") for name in env)  # exported functions could shadow builtins
+
+    def request(self) -> bool:
+        """The state may have changed. True: the caller must run refresh() (soon; takers
+        wait for it). Called before the frame that lets the server send the next request.
+        An idle shell that no longer fits is killed right here, so nobody sees it after."""
+        if not WARM_ENABLED:
+            return False
+        with self.cond:
+            ws = self.slot
+            if ws is not None and not ws.usable(self.agent.session):
+                self.slot = None
+                ws.kill_now()
+                self.stale.append(ws)
+            if self.busy:
+                self.again = True
+                return False
+            self.busy = True
+            return True
+
+    def refresh(self) -> None:
+        """Make the slot hold a shell for the current state (keeping one that still fits)."""
+        session = self.agent.session
+        done = False
+        try:
+            while True:
+                with self.cond:
+                    self.again = False
+                    old = self.slot
+                    if old is not None and old.usable(session):
+                        old = None  # still right: keep it
+                        spawn = False
+                    else:
+                        self.slot = None
+                        spawn = True
+                    stale, self.stale = self.stale, []
+                if old is not None:
+                    stale.append(old)
+                for ws in stale:
+                    ws.discard()
+                new = None
+                if spawn:
+                    cwd, env = session.snapshot()
+                    if self.eligible_env(env):
+                        try:
+                            new = WarmShell(self.agent, cwd, env)
+                        except Exception as exc:  # e.g. EAGAIN at the pids limit: run cold
+                            log(f"warm shell spawn failed: {type(exc).__name__}: {exc}")
+                with self.cond:
+                    if new is not None:
+                        self.slot = new
+                    self.cond.notify_all()
+                    if not self.again:  # in this lock: a request() from now on starts a refresh
+                        self.busy, done = False, True
+                        return
+        finally:
+            if not done:  # unexpected error: never leave takers waiting for nothing
+                with self.cond:
+                    self.busy = False
+                    self.cond.notify_all()
+
+    def take(self, wait: bool) -> WarmShell | None:
+        """The warm shell, if it fits the current state. With `wait`, waits for one that is
+        being spawned (unless another command already waits for it)."""
+        session = self.agent.session
+        deadline = None
+        dead: list[WarmShell] = []
+        taken = None
+        try:
+            with self.cond:
+                while True:
+                    ws = self.slot
+                    if ws is not None:
+                        if ws.usable(session):
+                            self.slot, taken = None, ws
+                            return ws
+                        if ws.proc.returncode is not None:  # killed while idle
+                            self.slot = None
+                            dead.append(ws)
+                    if not wait or not self.busy or (self.claimed and deadline is None):
+                        return None
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline, self.claimed = now + WARM_WAIT, True
+                    elif now >= deadline:
+                        return None
+                    self.cond.wait(deadline - now)
+        finally:
+            if deadline is not None:
+                with self.cond:
+                    self.claimed = False
+            for ws in dead:
+                ws.discard()
+            if taken is not None and WARM_REFILL_ON_TAKE and self.request():
+                self.agent.workers.submit(self.refresh)
+
+    def kill_now(self) -> None:
+        """Agent shutdown (lock-free). A shell still being spawned exits by itself: the
+        agent's exit closes its wake pipe, and it then runs an empty script."""
+        ws = self.slot
+        if ws is not None:
+            ws.kill_now()
+
+
 class Command:
     """One `R` request: a bash process plus the thread that pumps its pipes."""
 
@@ -374,6 +641,9 @@ class Command:
         self.finished = False
         self.wake_w: int | None = None
         self.temp_files: list[str] = []
+        self.warm: WarmShell | None = None  # the warm shell running this command, if any
+        self.t0 = 0.0
+        self.oom_before: int | None = None
 
     # ---- called from the reader thread ------------------------------------
     def feed(self, data: bytes) -> None:
@@ -429,6 +699,7 @@ class Command:
     # ---- command thread --------------------------------------------------
     def run(self) -> None:
         fds: list[int] = []
+        self.refresh_warm = False
         try:
             self._execute(fds)
         except Exception as exc:  # never let a command take the agent down
@@ -440,6 +711,7 @@ class Command:
             if started:
                 kill_tree(self.pid, signal.SIGKILL)  # type: ignore[arg-type]
             self.agent.release(self.channel)
+            self.refresh_warm = self.agent.warm.request()
             self.agent.out.json(b"r", self.channel, error_body(exc))
         finally:
             with self.lock:
@@ -450,6 +722,8 @@ class Command:
                 except OSError:
                     pass
             self._remove_temp_files()
+        if self.refresh_warm:  # after the final frame: off this command's critical path
+            self.agent.warm.refresh()
 
     def _remove_temp_files(self) -> None:
         while self.temp_files:
@@ -475,7 +749,10 @@ class Command:
         fds += (r, w)
         return r, w
 
-    def _execute(self, fds: list[int]) -> None:
+    def _spawn_cold(self, fds: list[int], script: str, script_bytes: bytes) -> tuple[
+            subprocess.Popen[bytes], int, int | None, int | None, int | None,
+            dict[str, str], int | None, float]:
+        """Today's path: a fresh `bash -c` for this command."""
         session = self.agent.session
         cwd, env = session.snapshot()
         base_env = dict(env)
@@ -485,10 +762,6 @@ class Command:
                 raise RequestError("not_found" if not os.path.exists(cwd) else "not_directory",
                                    f"cwd {cwd!r} is not a directory")
         env.update(self.env_override)
-        script = self.script
-        if self.code is not None:
-            interp, ext = INTERPRETERS[self.language]
-            script = f"{interp} {shlex.quote(self._write_temp(ext, self.code))}"
 
         out_r, out_w = self._pipe(fds)
         err_r, err_w = (None, out_w) if self.merge else self._pipe(fds)
@@ -503,10 +776,6 @@ class Command:
         stdin_r = stdin_w = None
         if self.pipe_stdin or self.stdin_pending:
             stdin_r, stdin_w = self._pipe(fds)
-        if self.pipe_stdin:
-            wake_r, self.wake_w = self._pipe(fds)
-            os.set_blocking(self.wake_w, False)
-        script_bytes = to_bytes(script)
         if len(script_bytes) < INLINE_SCRIPT_MAX:
             argv: list[str | bytes] = ["bash", "--noprofile", "--norc", "-c", script_bytes]
         else:  # a single argv string is limited to 128 KiB by the kernel
@@ -522,11 +791,66 @@ class Command:
             if fd is not None and fd in fds:
                 fds.remove(fd)
                 os.close(fd)
+        return proc, out_r, err_r, state_r, stdin_w, base_env, oom_before, t0
+
+    def _warm_candidate(self, script: bytes) -> bool:
+        """Whether this request may run in a warm shell, which was spawned with the session
+        state, stdin /dev/null, separate stdout/stderr and the state trap. Scripts the warm
+        bootstrap would not run exactly like `bash -c` does also run cold: NUL (not valid in
+        an argv string), \\x01 (bash's internal quoting byte, mangled by `read` next to
+        invalid UTF-8), a leading `-`/`+` (`bash -c` takes that as options), over 100 KiB."""
+        return (not self.pipe_stdin and not self.stdin_pending and not self.merge
+                and not self.env_override and self.cwd_override is None and self.persist
+                and len(script) < INLINE_SCRIPT_MAX and b"\0" not in script
+                and b"\x01" not in script and not script.startswith((b"-", b"+")))
+
+    def start_warm(self, script: bytes, wait: bool) -> None:
+        """Hand the script to the warm shell if it fits (sets self.warm and self.pid).
+        Called on the reader thread without waiting, so that the shell already runs while
+        the worker thread wakes up; else (or for `code`) on the worker, waiting."""
+        if not self._warm_candidate(script):
+            return
+        warm = self.agent.warm.take(wait)
+        if warm is None:
+            return
+        oom_before = read_oom_kills()
+        t0 = time.perf_counter()  # durationMs counts from the hand-over
+        try:
+            warm.hand_over(script)
+        except Exception as exc:  # the shell never got the script: run cold instead
+            log(f"warm hand-over failed ({type(exc).__name__}: {exc}); running cold")
+            warm.discard()
+            return
+        self.warm, self.oom_before, self.t0 = warm, oom_before, t0
+        with self.lock:
+            self.pid = warm.pid
+
+    def _execute(self, fds: list[int]) -> None:
+        session = self.agent.session
+        warm = self.warm
+        if warm is None:
+            script = self.script
+            if self.code is not None:
+                interp, ext = INTERPRETERS[self.language]
+                script = f"{interp} {shlex.quote(self._write_temp(ext, self.code))}"
+            script_bytes = to_bytes(script)
+            self.start_warm(script_bytes, wait=True)
+            warm = self.warm
+        if warm is not None:
+            fds += (warm.out_r, warm.err_r, warm.state_r)
+            out_r, err_r, state_r, stdin_w = warm.out_r, warm.err_r, warm.state_r, None
+            proc, base_env, oom_before, t0 = warm.proc, warm.env, self.oom_before, self.t0
+        else:
+            proc, out_r, err_r, state_r, stdin_w, base_env, oom_before, t0 = \
+                self._spawn_cold(fds, script, script_bytes)
         with self.lock:
             self.pid = proc.pid
             sig, self.pending_signal = self.pending_signal, None
         if sig is not None:
             self._signal(sig)
+        if self.pipe_stdin:
+            wake_r, self.wake_w = self._pipe(fds)
+            os.set_blocking(self.wake_w, False)
         self.agent.out.json(b"s", self.channel, {"pid": proc.pid})
 
         try:
@@ -617,6 +941,9 @@ class Command:
                and (signum == signal.SIGKILL or exit_code == 128 + signal.SIGKILL))
         self._remove_temp_files()  # before `x`: the file is gone once the server hears of the exit
         self.agent.release(self.channel)
+        # The state is known: a warm shell for it is spawned once `x` is out. Marked before
+        # `x`, so that a request sent as soon as the server sees `x` waits for that shell.
+        self.refresh_warm = self.agent.warm.request()
         self.agent.out.json(b"x", self.channel, {
             "exitCode": exit_code, "signal": signum, "timedOut": timed_out,
             "oomKilled": oom, "durationMs": round(duration, 3), "cwd": session.current_cwd()})
@@ -793,6 +1120,7 @@ class Agent:
         self.session = Session()
         self.workers = Workers()
         self.channels: dict[int, Command | Upload | FileOp] = {}
+        self.warm = WarmShells(self)
         self.lock = threading.Lock()
         self.preludes: set[str] = set()
         self.prelude_lock = threading.Lock()
@@ -831,10 +1159,17 @@ class Agent:
                 item.abort()
             except Exception:
                 pass
+        try:
+            self.warm.kill_now()
+        except Exception:
+            pass
         os._exit(code)
 
     def serve(self) -> None:
+        spawn_warm = self.warm.request()  # before `h`: the first command waits for this shell
         self.out.json(b"h", 0, {"version": VERSION, "pid": os.getpid()})
+        if spawn_warm:
+            self.workers.submit(self.warm.refresh)
         buf = bytearray()
         while True:
             try:
@@ -914,6 +1249,8 @@ class Agent:
             item = FileOp(self, channel, kind, req)
         with self.lock:
             self.channels[channel] = item
+        if isinstance(item, Command) and item.code is None:
+            item.start_warm(to_bytes(item.script), wait=False)
         if not isinstance(item, Upload):
             self.workers.submit(item.run)
 

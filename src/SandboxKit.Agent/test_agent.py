@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import queue
+import random
 import shutil
 import struct
 import subprocess
@@ -213,6 +214,66 @@ def wait_dead(pid: int, timeout: float = 5.0) -> bool:
     return False
 
 
+WARM_BOOT = b"read -r BASH_EXECUTION_STRING <&"  # in every warm shell's `-c` text
+
+
+def proc_stat(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat fields after the comm field (state ppid pgrp session ...)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def warm_shells(agent_pid: int) -> list[int]:
+    """Live children of the agent that were spawned as warm shells (idle or running)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = proc_stat(int(name))
+        if fields is None or fields[0] == b"Z" or int(fields[1]) != agent_pid:
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 4 and argv[3] == b"-c" and WARM_BOOT in argv[4]:
+            found.append(int(name))
+    return found
+
+
+def warm_ready(pid: int) -> bool:
+    """The shell ran its prelude (oom_score_adj is 1000) and sleeps in its blocking read."""
+    fields = proc_stat(pid)
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "rb") as f:
+            adj = int(f.read())
+    except (OSError, ValueError):
+        return False
+    return fields is not None and fields[0] == b"S" and adj == 1000
+
+
+def wait_warm(client: AgentClient, timeout: float = 10.0) -> int:
+    """The agent's single idle warm shell, once it is there, ready, and stays so for a
+    moment (a stale one is killed just before `x`; give the kill time to land)."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    while True:
+        shells = warm_shells(client.proc.pid)
+        if len(shells) == 1 and warm_ready(shells[0]):
+            if seen == shells[0]:
+                return seen
+            seen = shells[0]
+        else:
+            seen = None
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no single ready warm shell: {shells}")
+        time.sleep(0.005)
+
+
 class AgentTestCase(unittest.TestCase):
     def setUp(self) -> None:
         self.workdir = os.path.realpath(tempfile.mkdtemp(prefix="sbk-test-"))
@@ -220,8 +281,10 @@ class AgentTestCase(unittest.TestCase):
         self.agent = self.new_agent()
         self.to_kill: list[int] = []
 
+    AGENT_ENV: dict[str, str] = {}  # for every agent a test starts
+
     def new_agent(self, **env: str) -> AgentClient:
-        client = AgentClient(self.workdir, env)
+        client = AgentClient(self.workdir, {**self.AGENT_ENV, **env})
         self.addCleanup(client.log.close)
         kind, payload = client.frame(0)
         self.assertEqual(kind, b"h")
@@ -732,33 +795,372 @@ class FileTests(AgentTestCase):
         self.assertEqual(a.file(b"L", {"path": "f"}).error["code"], "not_directory")  # type: ignore[index]
 
 
+class WarmShellTests(AgentTestCase):
+    """The pre-spawned shell: used once, for the state it was spawned with, like `bash -c`."""
+
+    def cold_agent(self) -> AgentClient:
+        client = self.new_agent(SANDBOXKIT_AGENT_WARM="0")
+        self.addCleanup(client.close)
+        return client
+
+    def test_warm_shell_is_used_once_and_replaced(self) -> None:
+        a = self.agent
+        w1 = wait_warm(a)
+        with open(f"/proc/{w1}/oom_score_adj") as f:
+            self.assertEqual(f.read(), "1000\n")  # already raised while idle
+        res = a.run("echo $$; echo $BASHPID")
+        self.assertRan(res)
+        self.assertEqual(res.pid, w1)  # `s` carries the real pid
+        self.assertEqual(res.out, f"{w1}\n{w1}\n")
+        self.assertGreater(res.exit["durationMs"], 0)  # type: ignore[index]
+        w2 = wait_warm(a)
+        self.assertNotEqual(w2, w1)
+        self.assertTrue(wait_dead(w1))
+        self.assertEqual(a.run("echo again").pid, w2)
+        self.assertNotEqual(wait_warm(a), w2)
+
+    def test_state_changes_reach_the_next_warm_shell(self) -> None:
+        a = self.agent
+        os.mkdir(os.path.join(self.workdir, "sub"))
+        a.run("export GONE=1 KEEP=1")
+        w = wait_warm(a)
+        res = a.run("cd sub && export A='x y' && unset GONE && export -n KEEP && B=unexported")
+        self.assertRan(res)
+        self.assertEqual(res.pid, w)
+        w = wait_warm(a)
+        res = a.run('pwd; echo "$A|${GONE-unset}|${KEEP-unset}|${B-unset}"; cd -')
+        self.assertEqual(res.pid, w)  # the warm shell was spawned with the new state
+        self.assertEqual(res.out, f"{self.workdir}/sub\nx y|unset|unset|unset\n{self.workdir}\n")
+        w = wait_warm(a)
+        self.assertEqual(a.run("pwd").out, f"{self.workdir}\n")
+        # a command that does not change the state keeps the idle warm shell for the next one
+        w = wait_warm(a)
+        self.assertRan(a.run("cd /; export NOPE=1", persistState=False))
+        self.assertEqual(wait_warm(a), w)
+        res = a.run("pwd; echo ${NOPE-unset}")
+        self.assertEqual((res.pid, res.out), (w, f"{self.workdir}\nunset\n"))
+
+    def test_warm_shell_for_a_replaced_directory_is_not_used(self) -> None:
+        a = self.agent
+        a.run("mkdir d && cd d && touch old")
+        w = wait_warm(a)
+        # same path, new directory: the idle shell sits in the deleted one
+        self.assertEqual(a.file(b"D", {"path": f"{self.workdir}/d", "recursive": True}).exit, {})
+        self.assertEqual(a.file(b"M", {"path": f"{self.workdir}/d"}).exit, {})
+        self.assertEqual(a.file(b"W", {"path": f"{self.workdir}/d/new"}, b"").exit, {"size": 0})
+        res = a.run("pwd; ls")
+        self.assertNotEqual(res.pid, w)
+        self.assertEqual(res.out, f"{self.workdir}/d\nnew\n")
+        self.assertTrue(wait_dead(w))  # replaced after that command
+        w = wait_warm(a)
+        self.assertEqual(a.run("ls").pid, w)
+
+    def test_requests_the_warm_shell_does_not_fit_run_cold(self) -> None:
+        a = self.agent
+        os.mkdir(os.path.join(self.workdir, "sub"))
+        a.run("true")  # the first command replaces the agent's PWD in the session env
+        w = wait_warm(a)
+        cold = [dict(command="echo $X", env={"X": "1"}), dict(command="cat", stdinText="in"),
+                dict(command="echo m >&2", mergeStderr=True),
+                dict(command="true", persistState=False), dict(command="-x"),
+                dict(command="printf 'a\x01b'"), dict(command="echo " + "x" * 200_000)]
+        for req in cold:
+            res = a.run(**req)
+            self.assertIsNone(res.error, req)
+            self.assertNotEqual(res.pid, w, req)
+        ch = a.start("cat", stdin="pipe")
+        a.send(b"C", ch)
+        self.assertNotEqual(a.collect(ch).pid, w)
+        self.assertEqual(wait_warm(a), w)  # none of them changed the state: still idle, still usable
+        res = a.run(code="import os; print(os.getpid() == os.getppid())", language="python")
+        self.assertEqual((res.pid, res.out), (w, "False\n"))  # code runs go warm too
+        w = wait_warm(a)
+        res = a.run("pwd", cwd="sub")
+        self.assertEqual((res.out, res.exit["cwd"]), (f"{self.workdir}/sub\n", self.workdir))  # type: ignore[index]
+        self.assertNotEqual(res.pid, w)
+
+    def test_concurrent_commands_take_the_warm_shell_once(self) -> None:
+        a = self.agent
+        w = wait_warm(a)
+        start = time.monotonic()
+        channels = [a.start("sleep 1; echo $$") for _ in range(4)]
+        results = [a.collect(ch) for ch in channels]
+        self.assertLess(time.monotonic() - start, 3.0, "commands did not run concurrently")
+        for res in results:
+            self.assertRan(res)
+            self.assertEqual(res.out, f"{res.pid}\n")
+        pids = [res.pid for res in results]
+        self.assertEqual(len(set(pids)), 4)
+        self.assertEqual(pids.count(w), 1)
+        w2 = wait_warm(a)  # exactly one idle shell again, not one per finished command
+        time.sleep(0.2)
+        self.assertEqual(warm_shells(a.proc.pid), [w2])
+
+    def test_no_warm_shell_left_after_eof_sigterm_or_agent_death(self) -> None:
+        a = self.agent
+        w = wait_warm(a)
+        self.assertEqual(a.close(), 0)  # an idle warm shell is not a running command
+        self.assertTrue(wait_dead(w))
+        client = self.new_agent()
+        w = wait_warm(client)
+        client.proc.terminate()
+        self.assertEqual(client.close(), 143)
+        self.assertTrue(wait_dead(w))
+        client = self.new_agent()
+        w = wait_warm(client)
+        client.proc.kill()  # no cleanup at all: the shell sees EOF on its wake pipe and exits
+        client.close()
+        self.assertTrue(wait_dead(w))
+        client = self.new_agent()  # EOF while the first warm shell is still being spawned
+        self.assertEqual(client.close(), 0)
+        deadline = time.monotonic() + 5
+        while warm_shells(client.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(warm_shells(client.proc.pid), [])
+
+    def test_warm_shell_killed_while_idle_falls_back_to_cold(self) -> None:
+        a = self.agent
+        w = wait_warm(a)
+        os.kill(w, 9)
+        self.assertTrue(wait_dead(w))
+        res = a.run("echo fine")
+        self.assertEqual(res.out, "fine\n")
+        self.assertNotEqual(res.pid, w)
+        self.assertNotEqual(wait_warm(a), w)
+
+    def test_closed_stdin_reads_eof_in_warm_shell(self) -> None:
+        a = self.agent
+        w = wait_warm(a)
+        res = a.run("cat; echo cat=$?; read -r line; echo read=$?; readlink /proc/$$/fd/0",
+                    timeoutMs=10_000)
+        self.assertEqual(res.pid, w)
+        self.assertEqual(res.out, "cat=0\nread=1\n/dev/null\n")
+        self.assertFalse(res.exit["timedOut"])  # type: ignore[index]
+
+    def test_syntax_error_exact_stderr_and_exit_code(self) -> None:
+        a, cold = self.agent, self.cold_agent()
+        for script, out, line, text in [("echo a; if then", b"", 1, "echo a; if then"),
+                                        ("echo a\nfi\necho b", b"a\n", 2, "fi")]:
+            w = wait_warm(a)
+            res = a.run(script)
+            self.assertEqual(res.pid, w)
+            self.assertEqual((res.code, res.exit["signal"], res.stdout), (2, None, out))  # type: ignore[index]
+            tail = f"line {line}: syntax error near unexpected token `{text.split()[-1]}'\n"
+            self.assertEqual(res.stderr.decode(), f"bash: eval: {tail}bash: eval: line {line}: `{text}'\n")
+            # the cold path's message differs only in the input name bash prints
+            ref = cold.run(script)
+            self.assertEqual((ref.code, ref.stdout), (2, out))
+            self.assertEqual(ref.stderr.replace(b"bash: -c: ", b"bash: eval: "), res.stderr)
+        res = a.run("echo $(( 1 +")  # unexpected end of file
+        self.assertEqual(res.code, 2)
+        self.assertIn(b"line 1: unexpected EOF", res.stderr)
+
+    def test_warm_and_cold_shells_behave_alike(self) -> None:
+        a, cold = self.agent, self.cold_agent()
+        scripts = [
+            "exit 3", "false", "set -e; false; echo unreachable", "kill -9 $$", "kill -TERM $$",
+            "exec echo hi", "echo \"$0|$LINENO|$#|$-|$_\"\n\necho $LINENO",
+            "f() { echo \"$LINENO ${FUNCNAME[*]}\"; caller; }\nf; caller; echo $?",
+            "return 3; echo after",
+            "cat <<'EOF'\nHe said \"it's\" `not` $HOME \\n 'q'\nEOF\ncat <<EOF\n$((1 + 2))\nEOF",
+            "cat <<EOF\nunterminated", "echo ${BASH_SOURCE[*]-none} ${BASH_LINENO[*]-none}",
+            "declare -p BASH_EXECUTION_STRING SECONDS", "compgen -v", "env | sort",
+            "trap -p; trap 'echo bye $?' EXIT; exit 5", "trap 'echo usr1' USR1; kill -USR1 $$; echo after",
+            "set -o posix; echo $POSIXLY_CORRECT", "shopt -s extglob\necho @(a|b)",
+            "shopt -s expand_aliases; alias e=echo\ne hi", "echo é ü ✓ $'\\xff' | od -c | head -2",
+            "ls /proc/$$/fd | wc -l", "ulimit -n; umask; cat /proc/$$/oom_score_adj",
+            "sleep 0.1 & wait $!; echo $?", "echo err >&2; echo out", "read -r x; echo $? \"$x\"",
+            "(exit 7); echo $?", "exec 3>&1; echo via3 >&3", "printf '%s' \"$(echo sub)\"", "",
+        ]
+
+        def norm(res: Result) -> tuple[Any, ...]:
+            keep = [line for line in res.stdout.split(b"\n") if b"SANDBOXKIT_AGENT_WARM" not in line]
+            return (b"\n".join(keep), res.stderr, res.code, res.exit["signal"])  # type: ignore[index]
+
+        for script in scripts:
+            w = wait_warm(a)
+            res = a.run(script, timeoutMs=10_000)
+            self.assertEqual(res.pid, w, script)
+            ref = cold.run(script, timeoutMs=10_000)
+            self.assertEqual(norm(res), norm(ref), script)
+            # and the state both leave behind
+            after, ref_after = a.run("pwd; env | sort"), cold.run("pwd; env | sort")
+            self.assertEqual(norm(after), norm(ref_after), script)
+
+    def test_timeout_and_kill_reach_the_whole_tree(self) -> None:
+        a = self.agent
+        w = wait_warm(a)
+        res = a.run("trap '' TERM; sleep 100 & echo $!; sleep 100", timeoutMs=500)
+        self.assertEqual(res.pid, w)
+        self.assertTrue(res.exit["timedOut"])  # type: ignore[index]
+        self.assertEqual((res.code, res.exit["signal"]), (137, 9))  # type: ignore[index]
+        self.assertTrue(wait_dead(int(res.out)))
+        self.assertLess(res.elapsed, 5)
+        w = wait_warm(a)
+        ch = a.start("sleep 100 & echo $!; sleep 100")
+        kind, payload = a.frame(ch)
+        self.assertEqual((kind, json.loads(payload)["pid"]), (b"s", w))
+        bg = int(a.frame(ch)[1])
+        a.send_json(b"K", ch, {"signal": 15})
+        res = a.collect(ch)
+        self.assertEqual((res.code, res.exit["signal"]), (143, 15))  # type: ignore[index]
+        self.assertTrue(wait_dead(bg))
+        deadline = time.monotonic() + 3
+        while session_members(w) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(session_members(w), [])
+
+    def test_seconds_counts_from_the_hand_over(self) -> None:
+        a = self.agent
+        w = wait_warm(a)
+        time.sleep(1.2)
+        res = a.run("echo $SECONDS")
+        self.assertEqual((res.pid, res.out), (w, "0\n"))
+
+    def test_sessions_that_bash_would_start_differently_run_cold(self) -> None:
+        a = self.agent
+        rc = os.path.join(self.workdir, "rc.sh")
+        with open(rc, "w") as f:
+            f.write("FROM_RC=yes\n")
+        self.assertRan(a.run(f"export BASH_ENV={rc}"))
+        time.sleep(0.2)
+        self.assertEqual(warm_shells(a.proc.pid), [])  # no warm shell for this state
+        self.assertEqual(a.run("echo $FROM_RC").out, "yes\n")
+        self.assertRan(a.run("unset BASH_ENV"))
+        w = wait_warm(a)
+        self.assertEqual(a.run("echo ok").pid, w)
+        # exported functions (could shadow the bootstrap's builtins) come only from the
+        # agent's own environment: `export -p` does not list them, so they never persist
+        client = self.new_agent(**{"BASH_FUNC_read%%": "() { echo shadowed; }"})
+        try:
+            res = client.run("echo -n x | read -r v; echo $?")
+            self.assertEqual(res.out, "shadowed\n0\n")
+            time.sleep(0.2)
+            self.assertEqual(warm_shells(client.proc.pid), [])
+        finally:
+            client.close()
+
+
+class SpeculativeWarmShellTests(WarmShellTests):
+    """The same, with SANDBOXKIT_AGENT_WARM=2: the next warm shell is spawned as soon as one
+    is taken, for the state before the command, and replaced if the command changes it."""
+    AGENT_ENV = {"SANDBOXKIT_AGENT_WARM": "2"}
+
+    def test_speculative_shell_is_replaced_when_the_state_changes(self) -> None:
+        a = self.agent
+        a.run("true")
+        w1 = wait_warm(a)
+        ch = a.start("sleep 0.5; cd /; export SPEC=1")
+        self.assertEqual(json.loads(a.frame(ch)[1])["pid"], w1)
+        deadline = time.monotonic() + 10  # spawned while the command runs, for the state before it
+        while not (idle := [p for p in warm_shells(a.proc.pid) if p != w1]):
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.005)
+        self.assertIn(w1, warm_shells(a.proc.pid))  # still running
+        w2 = idle[0]
+        self.assertRan(a.collect(ch))
+        self.assertTrue(wait_dead(w2))  # wrong state now
+        w3 = wait_warm(a)
+        res = a.run("pwd; echo $SPEC")
+        self.assertEqual((res.pid, res.out), (w3, "/\n1\n"))
+        w4 = wait_warm(a)  # the speculative shell for the unchanged state is kept
+        time.sleep(0.1)
+        self.assertEqual(a.run("echo $$").out, f"{w4}\n")
+
+
 class LatencyTests(AgentTestCase):
     def test_latency_report(self) -> None:
-        """Not an assertion: prints echo round trips next to a bare `bash -c` spawn."""
-        a, n = self.agent, 200
-        for _ in range(10):
-            a.run("echo hello")
-        agent_ms, raw_ms, ping_ms = [], [], []
+        """Not an assertion: prints `echo hello` round trips through agents with a warm shell
+        (the default, SANDBOXKIT_AGENT_WARM=1, and =2) and without (=0), next to a bare
+        `bash -c` spawn and a ping, all interleaved in one run (random order per round) so
+        that host load hits them alike.
+
+        paced: before every measurement each warm agent is idle with a ready warm shell, as
+        for a client that does not send commands back to back; nothing spawns in the
+        background while anything is measured. back-to-back: blocks of 10 commands sent as
+        fast as the client can, rotating between the agents: a warm command then may wait
+        for the shell that the previous command started."""
+        warm = self.agent
+        spec = self.new_agent(SANDBOXKIT_AGENT_WARM="2")
+        cold = self.new_agent(SANDBOXKIT_AGENT_WARM="0")
+        self.addCleanup(spec.close)
+        self.addCleanup(cold.close)
+        rng = random.Random(1)
         env = dict(os.environ)
-        for _ in range(n):  # interleaved so host noise hits all three alike
+        for client in (warm, spec, cold):
+            for _ in range(10):
+                self.assertEqual(client.run("echo hello").stdout, b"hello\n")
+        warm_pids: set[int] = set()
+
+        def settle() -> int:
+            wait_warm(spec)
+            return wait_warm(warm)
+
+        def run_echo(client: AgentClient) -> float:
             t = time.perf_counter()
-            res = a.run("echo hello")
-            agent_ms.append((time.perf_counter() - t) * 1000)
-            assert res.stdout == b"hello\n"
+            res = client.run("echo hello")
+            ms = (time.perf_counter() - t) * 1000
+            assert res.stdout == b"hello\n", res
+            warm_pids.add(res.pid)  # type: ignore[arg-type]
+            return ms
+
+        def raw_spawn() -> float:
             t = time.perf_counter()
             subprocess.run(["bash", "--noprofile", "--norc", "-c", "echo hello"], env=env,
                            stdin=subprocess.DEVNULL, capture_output=True, start_new_session=True)
-            raw_ms.append((time.perf_counter() - t) * 1000)
+            return (time.perf_counter() - t) * 1000
+
+        def ping() -> float:
             t = time.perf_counter()
-            a.ping()
-            ping_ms.append((time.perf_counter() - t) * 1000)
+            warm.ping()
+            return (time.perf_counter() - t) * 1000
+
+        n = 200
+        paced: dict[str, list[float]] = {"warm": [], "cold": [], "raw": [], "ping": []}
+        used_warm = 0
+        for _ in range(n):
+            order = list(paced)
+            rng.shuffle(order)
+            for kind in order:
+                ready = settle()
+                if kind == "warm":
+                    paced[kind].append(run_echo(warm))
+                    used_warm += ready in warm_pids
+                elif kind == "cold":
+                    paced[kind].append(run_echo(cold))
+                else:
+                    paced[kind].append(raw_spawn() if kind == "raw" else ping())
+        burst: dict[str, list[float]] = {"warm": [], "spec": [], "cold": []}
+        clients = {"warm": warm, "spec": spec, "cold": cold}
+        for _ in range(n // 10):
+            order = list(burst)
+            rng.shuffle(order)
+            for kind in order:
+                settle()
+                for _ in range(10):
+                    burst[kind].append(run_echo(clients[kind]))
 
         def pct(xs: list[float], p: float) -> float:
             return sorted(xs)[int(len(xs) * p)]
 
-        print(f"\n  agent `echo hello` round trip: p50 {pct(agent_ms, .5):.2f} ms, p90 {pct(agent_ms, .9):.2f} ms"
-              f"\n  bare bash -c spawn (no agent): p50 {pct(raw_ms, .5):.2f} ms, p90 {pct(raw_ms, .9):.2f} ms"
-              f"\n  agent ping round trip:         p50 {pct(ping_ms, .5):.3f} ms, p90 {pct(ping_ms, .9):.3f} ms",
+        def line(label: str, xs: list[float]) -> str:
+            return f"\n  {label:<46} p50 {pct(xs, .5):6.2f} ms, p90 {pct(xs, .9):6.2f} ms"
+
+        def ratio(label: str, slow: list[float], fast: list[float]) -> str:
+            return (f"\n  {label:<46} p50 x{pct(slow, .5) / pct(fast, .5):.2f},"
+                    f" p90 x{pct(slow, .9) / pct(fast, .9):.2f}")
+
+        print(line("echo, warm shell (paced):", paced["warm"])
+              + line("echo, cold spawn (paced):", paced["cold"])
+              + ratio("cold/warm (paced):", paced["cold"], paced["warm"])
+              + f"  ({used_warm}/{n} warm runs got the ready shell)"
+              + line("echo, warm shell (back-to-back):", burst["warm"])
+              + line("echo, warm, WARM=2 speculative (back-to-back):", burst["spec"])
+              + line("echo, cold spawn (back-to-back):", burst["cold"])
+              + ratio("cold/warm (back-to-back):", burst["cold"], burst["warm"])
+              + ratio("cold/warm WARM=2 (back-to-back):", burst["cold"], burst["spec"])
+              + line("bare bash -c spawn (no agent):", paced["raw"])
+              + line("agent ping round trip:", paced["ping"]),
               file=sys.stderr)
 
 

@@ -1,3 +1,4 @@
+using SandboxKit.Contracts;
 using System.Net;
 
 namespace SandboxKit.Client;
@@ -218,31 +219,31 @@ public class CommandFailedException : SandboxException
 public static class SandboxErrorCodes
 {
     /// <summary>The session is unknown, expired, deleted or another tenant's (404).</summary>
-    public const string SessionNotFound = "session_not_found";
+    public const string SessionNotFound = ProblemCodes.SessionNotFound;
 
     /// <summary>A file, directory or process was not found (404).</summary>
-    public const string NotFound = "not_found";
+    public const string NotFound = ProblemCodes.NotFound;
 
     /// <summary>The request was malformed or out of bounds (400).</summary>
-    public const string InvalidRequest = "invalid_request";
+    public const string InvalidRequest = ProblemCodes.InvalidRequest;
 
     /// <summary>Missing or wrong API key (401).</summary>
-    public const string Unauthorized = "unauthorized";
+    public const string Unauthorized = ProblemCodes.Unauthorized;
 
     /// <summary>A quota such as the number of sessions was exhausted (429).</summary>
-    public const string QuotaExceeded = "quota_exceeded";
+    public const string QuotaExceeded = ProblemCodes.QuotaExceeded;
 
     /// <summary>Too many requests in a short time (429).</summary>
-    public const string RateLimited = "rate_limited";
+    public const string RateLimited = ProblemCodes.RateLimited;
 
     /// <summary>The body was larger than the server accepts (413).</summary>
-    public const string PayloadTooLarge = "payload_too_large";
+    public const string PayloadTooLarge = ProblemCodes.PayloadTooLarge;
 
     /// <summary>The server cannot reach its container engine (503).</summary>
-    public const string EngineUnavailable = "engine_unavailable";
+    public const string EngineUnavailable = ProblemCodes.EngineUnavailable;
 
-    /// <summary>The request conflicts with the current state, e.g. an idempotency key reused with another body (409).</summary>
-    public const string Conflict = "conflict";
+    /// <summary>The request conflicts with the current state, e.g. deleting storage of a user with live sessions (409).</summary>
+    public const string Conflict = ProblemCodes.Conflict;
 
     /// <summary>Client side: no HTTP answer could be obtained (connection refused or reset, DNS, TLS).</summary>
     public const string TransportError = "transport_error";

@@ -43,7 +43,7 @@ public static class SandboxServerApp
                     StatusCodes.Status415UnsupportedMediaType => ProblemCodes.InvalidRequest,
                     StatusCodes.Status413PayloadTooLarge => ProblemCodes.PayloadTooLarge,
                     >= 400 and < 500 => ProblemCodes.InvalidRequest,
-                    _ => "internal",
+                    _ => ProblemCodes.Internal,
                 };
             }
         });

@@ -89,12 +89,16 @@ public sealed class FileTests
         Assert.That(readOnly.StatusCode, Is.EqualTo(HttpStatusCode.Forbidden));
         Assert.That((await _host.Http.PutAsync($"/v1/sessions/{_session}/files", new ByteArrayContent([1]))).StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
 
-        var tooBig = await _host.Http.PutAsync(Url("/workspace/big.bin"), new ByteArrayContent(new byte[5 << 20]));
+        // The server answers 413 before reading the whole body and then closes the connection: do not pool it.
+        using var tooBigRequest = new HttpRequestMessage(HttpMethod.Put, Url("/workspace/big.bin")) { Content = new ByteArrayContent(new byte[5 << 20]) };
+        tooBigRequest.Headers.ConnectionClose = true;
+        var tooBig = await _host.Http.SendAsync(tooBigRequest);
         Assert.That(tooBig.StatusCode, Is.EqualTo(HttpStatusCode.RequestEntityTooLarge));
         var chunked = new StreamContent(new MemoryStream(new byte[5 << 20]));
         chunked.Headers.ContentType = new MediaTypeHeaderValue("application/octet-stream");
         using var request = new HttpRequestMessage(HttpMethod.Put, Url("/workspace/big2.bin")) { Content = chunked };
         request.Headers.TransferEncodingChunked = true;
+        request.Headers.ConnectionClose = true;
         Assert.That((await _host.Http.SendAsync(request)).StatusCode, Is.EqualTo(HttpStatusCode.RequestEntityTooLarge));
         Assert.That((await _host.ExecuteAsync(_session, "ls -A /workspace | grep -c big || true")).Stdout.Trim(), Is.EqualTo("0"));
     }

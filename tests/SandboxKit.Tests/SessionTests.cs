@@ -167,6 +167,8 @@ public sealed class SessionTests
     {
         var session = await _host.CreateSessionAsync(new CreateSessionRequest { Environment = new Dictionary<string, string> { ["GREETING"] = "hi there" } });
         Assert.That((await _host.ExecuteAsync(session.Id, "echo \"$GREETING\"")).Stdout, Is.EqualTo("hi there\n"));
+        await _host.ExecuteAsync(session.Id, "unset GREETING");
+        Assert.That((await _host.ExecuteAsync(session.Id, "echo \"[${GREETING-unset}]\"")).Stdout, Is.EqualTo("[unset]\n"), "like any exported variable, an unset sticks");
         await _host.DeleteSessionAsync(session.Id);
     }
 

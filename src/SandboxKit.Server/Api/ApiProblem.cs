@@ -1,25 +1,11 @@
 using System.Text.Json;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.AspNetCore.Mvc;
+using SandboxKit.Contracts;
 using SandboxKit.Server.Agent;
 using SandboxKit.Server.Engine;
 
 namespace SandboxKit.Server.Api;
-
-/// <summary>Machine-readable error codes carried in problem details as <c>code</c>.</summary>
-internal static class ProblemCodes
-{
-    public const string SessionNotFound = "session_not_found";
-    public const string NotFound = "not_found";
-    public const string InvalidRequest = "invalid_request";
-    public const string Unauthorized = "unauthorized";
-    public const string QuotaExceeded = "quota_exceeded";
-    public const string RateLimited = "rate_limited";
-    public const string PayloadTooLarge = "payload_too_large";
-    public const string EngineUnavailable = "engine_unavailable";
-    public const string Conflict = "conflict";
-    public const string Forbidden = "forbidden";
-}
 
 /// <summary>An error with a status and code, turned into RFC 9457 problem details by <see cref="ProblemExceptionHandler"/>.</summary>
 internal sealed class ApiProblemException(int status, string code, string title, string? detail = null, TimeSpan? retryAfter = null)
@@ -52,7 +38,7 @@ internal sealed class ProblemExceptionHandler(IProblemDetailsService problems, I
             BadHttpRequestException e => (e.StatusCode, ProblemCodes.InvalidRequest, "Invalid request", Describe(e), null),
             JsonException e => (StatusCodes.Status400BadRequest, ProblemCodes.InvalidRequest, "Malformed JSON", e.Message, null),
             OperationCanceledException when context.RequestAborted.IsCancellationRequested => (499, "client_closed", "Client closed the request", null, null),
-            _ => (StatusCodes.Status500InternalServerError, "internal", "Internal server error", "An unexpected error occurred; the server log has details.", null),
+            _ => (StatusCodes.Status500InternalServerError, ProblemCodes.Internal, "Internal server error", "An unexpected error occurred; the server log has details.", null),
         };
         if (status >= 500)
         {

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Security.Cryptography;
 using System.Text;
 using Microsoft.Extensions.Options;
+using SandboxKit.Contracts;
 
 namespace SandboxKit.Server.Api;
 

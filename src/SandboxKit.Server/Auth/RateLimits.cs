@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Threading.RateLimiting;
 using Microsoft.AspNetCore.Mvc;
 using SandboxKit.Server.Api;
+using SandboxKit.Contracts;
 
 namespace SandboxKit.Server.Auth;
 

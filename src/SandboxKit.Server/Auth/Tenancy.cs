@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using System.Text;
 using Microsoft.Extensions.Options;
 using SandboxKit.Server.Api;
+using SandboxKit.Contracts;
 
 namespace SandboxKit.Server.Auth;
 

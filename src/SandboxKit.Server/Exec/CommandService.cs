@@ -30,7 +30,7 @@ internal sealed class CommandService(SessionManager sessions, UsageMeter usage, 
             StdinText = request.Stdin,
             Stdin = request.Stdin is null ? "closed" : null,
             MergeStderr = request.MergeStderr,
-            Environment = MergeEnvironment(session, request.Environment),
+            Environment = CommandEnvironment(request.Environment),
             WorkingDirectory = request.WorkingDirectory,
         };
     }
@@ -55,7 +55,7 @@ internal sealed class CommandService(SessionManager sessions, UsageMeter usage, 
             TimeoutMs = TimeoutMs(request.TimeoutSeconds),
             StdinText = request.Stdin,
             Stdin = request.Stdin is null ? "closed" : null,
-            Environment = MergeEnvironment(session, request.Environment),
+            Environment = CommandEnvironment(request.Environment),
         };
     }
 
@@ -156,7 +156,7 @@ internal sealed class CommandService(SessionManager sessions, UsageMeter usage, 
             "not_found" => new ApiProblemException(StatusCodes.Status404NotFound, ProblemCodes.NotFound, "Not found", error.Message),
             "permission_denied" => new ApiProblemException(StatusCodes.Status403Forbidden, ProblemCodes.Forbidden, "Permission denied", error.Message),
             "exists" or "not_empty" or "busy" => new ApiProblemException(StatusCodes.Status409Conflict, ProblemCodes.Conflict, "Conflict", error.Message),
-            "internal" => new ApiProblemException(StatusCodes.Status500InternalServerError, "internal", "Sandbox agent error", error.Message),
+            "internal" => new ApiProblemException(StatusCodes.Status500InternalServerError, ProblemCodes.Internal, "Sandbox agent error", error.Message),
             _ => ApiProblemException.Invalid(error.Message),
         };
     }
@@ -191,21 +191,17 @@ internal sealed class CommandService(SessionManager sessions, UsageMeter usage, 
         return Math.Max(1, (long)(value * 1000));
     }
 
-    private static IReadOnlyDictionary<string, string>? MergeEnvironment(Session session, IReadOnlyDictionary<string, string>? extra)
+    /// <summary>
+    /// Per-command variables only: the session's own environment is the container's, so the agent already starts every
+    /// command with it (and a command that unsets one keeps it unset). A request without variables can use the agent's
+    /// pre-started shell.
+    /// </summary>
+    private static IReadOnlyDictionary<string, string>? CommandEnvironment(IReadOnlyDictionary<string, string>? extra)
     {
         if (extra is not null && extra.Keys.FirstOrDefault(k => !SessionManager.IsEnvironmentName(k)) is { } bad)
         {
             throw ApiProblemException.Invalid($"'{bad}' is not a valid environment variable name.");
         }
-        if (session.Environment.Count == 0)
-        {
-            return extra;
-        }
-        var merged = new Dictionary<string, string>(session.Environment, StringComparer.Ordinal);
-        foreach (var (key, value) in extra ?? new Dictionary<string, string>())
-        {
-            merged[key] = value;
-        }
-        return merged;
+        return extra is { Count: > 0 } ? extra : null;
     }
 }

@@ -10,7 +10,7 @@ internal sealed class ContainerSpecFactory(IOptions<SandboxOptions> options, San
     private readonly SandboxOptions _options = options.Value;
 
     /// <summary>The hardened container for a session shape; every property here is checked from inside a container by the tests.</summary>
-    public ContainerSpec Build(SessionShape shape, string name, string? userVolume)
+    public ContainerSpec Build(SessionShape shape, string name, string? userVolume, IReadOnlyDictionary<string, string>? environment = null)
     {
         var volumes = new Dictionary<string, string>();
         if (userVolume is not null)
@@ -28,6 +28,8 @@ internal sealed class ContainerSpecFactory(IOptions<SandboxOptions> options, San
                 [SessionLabels.Shape] = shape.Key,
                 [SessionLabels.Generation] = SessionLabels.CurrentGeneration,
             },
+            // The agent starts with these and carries them into every command's persisted state (so `unset` sticks).
+            Environment = environment ?? new Dictionary<string, string>(),
             User = "1000:1000",
             WorkingDirectory = "/workspace",
             MemoryBytes = shape.MemoryBytes,

@@ -62,11 +62,11 @@ internal sealed class SessionManager(
                 }, cancellationToken).ConfigureAwait(false);
             }
 
-            // A pooled container only fits sessions of the pool's shape without per-user mounts.
-            var warm = userVolume is null ? pool.TryTake(shape) : null;
+            // A pooled container only fits sessions of the pool's shape without per-user mounts or their own environment.
+            var warm = userVolume is null && environment.Count == 0 ? pool.TryTake(shape) : null;
             containerId = warm?.ContainerId;
             var fromPool = warm is not null;
-            containerId ??= await engine.RunContainerAsync(specs.Build(shape, $"sk-{_options.InstanceName}-{sessionId}", userVolume), cancellationToken).ConfigureAwait(false);
+            containerId ??= await engine.RunContainerAsync(specs.Build(shape, $"sk-{_options.InstanceName}-{sessionId}", userVolume, environment), cancellationToken).ConfigureAwait(false);
 
             var now = time.GetUtcNow();
             var session = new Session
