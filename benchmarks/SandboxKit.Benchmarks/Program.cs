@@ -22,6 +22,7 @@ var app = SandboxServerApp.Build([
     "--urls", "http://127.0.0.1:0",
     $"--Sandbox:InstanceName={instance}",
     "--Sandbox:WarmPoolSize=2",
+    "--Auth:DefaultMaxSessions=500",
     "--Logging:LogLevel:Default=Warning",
 ]);
 await app.StartAsync();
@@ -83,7 +84,20 @@ try
         }
     }
     var echoStats = Stats.Of(echo);
-    rows.Add(("echo hello over HTTP (SandboxKit)", echoStats));
+    rows.Add(("echo hello over HTTP, back to back", echoStats));
+
+    // Agents think between commands (a model call takes far longer than this); the pause lets the
+    // session's next shell start in advance, which is the agent's warm path.
+    var paced = new List<double>();
+    for (var i = 0; i < iterations / 2; i++)
+    {
+        await Task.Delay(50);
+        var sw = Stopwatch.StartNew();
+        await ExecAsync(http, session.Id, "echo hello");
+        paced.Add(sw.Elapsed.TotalMilliseconds);
+    }
+    var pacedStats = Stats.Of(paced);
+    rows.Add(("echo hello over HTTP, 50 ms apart (warm shell)", pacedStats));
 
     // Reference: the same command as a raw Docker API exec (create + start + inspect) in the same container.
     var container = (await docker.ListVolumesAsync(SessionLabels.Session, session.Id, CancellationToken.None)).Single().Labels[SessionLabels.Container];
@@ -153,13 +167,13 @@ try
     await sampler;
 
     Console.WriteLine();
-    Console.WriteLine($"{"operation",-46} {"n",5} {"p50 ms",9} {"p90 ms",9} {"p99 ms",9}");
+    Console.WriteLine($"{"operation",-50} {"n",5} {"p50 ms",9} {"p90 ms",9} {"p99 ms",9}");
     foreach (var (name, s) in rows)
     {
-        Console.WriteLine($"{name,-46} {s.Count,5} {s.P50,9:0.00} {s.P90,9:0.00} {s.P99,9:0.00}");
+        Console.WriteLine($"{name,-50} {s.Count,5} {s.P50,9:0.00} {s.P90,9:0.00} {s.P99,9:0.00}");
     }
     Console.WriteLine();
-    Console.WriteLine($"echo hello: SandboxKit p50 {echoStats.P50:0.00} ms vs raw Docker exec p50 {rawStats.P50:0.00} ms -> {rawStats.P50 / echoStats.P50:0.0}x faster");
+    Console.WriteLine($"echo hello: SandboxKit p50 {echoStats.P50:0.00} ms back to back, {pacedStats.P50:0.00} ms paced, vs raw Docker exec p50 {rawStats.P50:0.00} ms -> {rawStats.P50 / echoStats.P50:0.0}x / {rawStats.P50 / pacedStats.P50:0.0}x faster");
     Console.WriteLine($"throughput: {perSecond:0} commands/s with {clients} concurrent clients over {deadline.Elapsed.TotalSeconds:0.0} s, {errors} errors");
     Console.WriteLine($"100 MB output: {flood.StdoutBytes / 1e6:0} MB streamed in {floodSeconds:0.0} s, truncated={flood.Truncated}; process working set {before / 1e6:0} MB before, peak {peak / 1e6:0} MB during (+{(peak - before) / 1e6:0} MB)");
 
