@@ -388,26 +388,8 @@ public sealed class SandboxTools
         {
             return "path contains control characters.";
         }
-        var absolute = path.StartsWith('/') ? path : "/workspace/" + path;
-        var parts = new List<string>();
-        foreach (var part in absolute.Split('/', StringSplitOptions.RemoveEmptyEntries))
-        {
-            if (part == ".")
-            {
-                continue;
-            }
-            if (part == "..")
-            {
-                if (parts.Count > 0)
-                {
-                    parts.RemoveAt(parts.Count - 1);
-                }
-                continue;
-            }
-            parts.Add(part);
-        }
-        resolved = "/" + string.Join('/', parts);
-        return parts.Count == 0 && !allowRoot ? "path must name a file, not the root directory." : null;
+        resolved = SandboxPath.Normalize(path);
+        return resolved == "/" && !allowRoot ? "path must name a file, not the root directory." : null;
     }
 
     private static string? NormalizeLanguage(string? language) => language?.Trim().ToLowerInvariant() switch

@@ -7,27 +7,11 @@ namespace SandboxKit.Tests;
 
 /// <summary>Command semantics through the agent channel, against one real session shared by the fixture.</summary>
 [TestFixture]
-public sealed class ExecTests
+public sealed class ExecTests : SessionFixture
 {
-    private ServerHost _host = null!;
-    private string _session = null!;
+    protected override IDictionary<string, string?> Settings => new Dictionary<string, string?> { ["Sandbox:OutputCapBytes"] = "65536" };
 
-    [OneTimeSetUp]
-    public async Task StartAsync()
-    {
-        _host = await ServerHost.StartAsync(new Dictionary<string, string?> { ["Sandbox:OutputCapBytes"] = "65536" });
-        _session = (await _host.CreateSessionAsync()).Id;
-    }
-
-    [OneTimeTearDown]
-    public async Task StopAsync()
-    {
-        await _host.DeleteSessionAsync(_session);
-        await _host.DisposeAsync();
-        Assert.That(await Engine.CountResourcesAsync(_host.Instance), Is.Zero, "containers or volumes left behind");
-    }
-
-    private Task<ExecuteResult> Run(string command, double? timeout = null) => _host.ExecuteAsync(_session, command, timeout);
+    private Task<ExecuteResult> Run(string command, double? timeout = null) => Host.ExecuteAsync(SessionId, command, timeout);
 
     [Test]
     public async Task Working_directory_and_exported_variables_persist()
@@ -54,7 +38,7 @@ public sealed class ExecTests
     }
 
     [Test]
-    public async Task Killing_the_shell_reports_128_plus_signal_and_the_session_stays_usable()
+    public async Task Killing_the_shell_reports_128_plus_signal_and_theSessionId_stays_usable()
     {
         var r = await Run("echo before; kill -9 $$");
         Assert.That(r.ExitCode, Is.EqualTo(137));
@@ -78,7 +62,7 @@ public sealed class ExecTests
     {
         var closed = await Run("cat; echo rc=$?", timeout: 10);
         Assert.That(closed.Stdout, Is.EqualTo("rc=0\n"));
-        var text = await _host.ExecuteAsync(_session, new ExecuteRequest { Command = "tr a-z A-Z", Stdin = "hello\nworld" });
+        var text = await Host.ExecuteAsync(SessionId, new ExecuteRequest { Command = "tr a-z A-Z", Stdin = "hello\nworld" });
         Assert.That(text.Stdout, Is.EqualTo("HELLO\nWORLD"));
     }
 
@@ -142,7 +126,7 @@ public sealed class ExecTests
     }
 
     [Test]
-    public async Task Concurrent_commands_in_one_session_each_get_their_own_result()
+    public async Task Concurrent_commands_in_oneSessionId_each_get_their_own_result()
     {
         var tasks = Enumerable.Range(0, 8).Select(i => Run($"sleep 0.{i}; echo {i}; echo e{i} >&2; exit {i}")).ToArray();
         var results = await Task.WhenAll(tasks);
@@ -159,7 +143,7 @@ public sealed class ExecTests
     [TestCase("bash", "echo \"bash $((6*7))\"", "bash 42\n")]
     public async Task Code_runs_with_its_interpreter(string language, string code, string expected)
     {
-        var response = await _host.Http.PostAsJsonAsync($"/v1/sessions/{_session}/code",
+        var response = await Host.Http.PostAsJsonAsync($"/v1/sessions/{SessionId}/code",
             new RunCodeRequest { Language = language, Code = code }, SandboxJsonContext.Default.RunCodeRequest);
         await ServerHost.EnsureAsync(response, HttpStatusCode.OK);
         var r = await response.Content.ReadFromJsonAsync(SandboxJsonContext.Default.ExecuteResult);
@@ -170,11 +154,11 @@ public sealed class ExecTests
     [Test]
     public async Task Streaming_delivers_started_output_and_exited_events_in_order()
     {
-        using var request = new HttpRequestMessage(HttpMethod.Post, $"/v1/sessions/{_session}/commands/stream")
+        using var request = new HttpRequestMessage(HttpMethod.Post, $"/v1/sessions/{SessionId}/commands/stream")
         {
             Content = JsonContent.Create(new ExecuteRequest { Command = "echo one; sleep 0.2; echo two >&2; exit 5" }, SandboxJsonContext.Default.ExecuteRequest),
         };
-        using var response = await _host.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        using var response = await Host.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
         Assert.That(response.Content.Headers.ContentType?.MediaType, Is.EqualTo("text/event-stream"));
         var body = await response.Content.ReadAsStringAsync();
         var types = body.Split('\n').Where(l => l.StartsWith("event: ", StringComparison.Ordinal)).Select(l => l[7..]).ToList();
@@ -186,14 +170,14 @@ public sealed class ExecTests
     [Test]
     public async Task Bad_requests_get_problem_details()
     {
-        var malformed = await _host.Http.PostAsync($"/v1/sessions/{_session}/commands", new StringContent("{not json", Encoding.UTF8, "application/json"));
+        var malformed = await Host.Http.PostAsync($"/v1/sessions/{SessionId}/commands", new StringContent("{not json", Encoding.UTF8, "application/json"));
         Assert.That(malformed.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
         Assert.That((await ServerHost.ProblemAsync(malformed)).GetProperty("code").GetString(), Is.EqualTo("invalid_request"));
 
-        var badTimeout = await _host.Http.PostAsJsonAsync($"/v1/sessions/{_session}/commands", new ExecuteRequest { Command = "true", TimeoutSeconds = -1 }, SandboxJsonContext.Default.ExecuteRequest);
+        var badTimeout = await Host.Http.PostAsJsonAsync($"/v1/sessions/{SessionId}/commands", new ExecuteRequest { Command = "true", TimeoutSeconds = -1 }, SandboxJsonContext.Default.ExecuteRequest);
         Assert.That(badTimeout.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
 
-        var missing = await _host.Http.PostAsJsonAsync("/v1/sessions/nope/commands", new ExecuteRequest { Command = "true" }, SandboxJsonContext.Default.ExecuteRequest);
+        var missing = await Host.Http.PostAsJsonAsync("/v1/sessions/nope/commands", new ExecuteRequest { Command = "true" }, SandboxJsonContext.Default.ExecuteRequest);
         Assert.That(missing.StatusCode, Is.EqualTo(HttpStatusCode.NotFound));
         Assert.That((await ServerHost.ProblemAsync(missing)).GetProperty("code").GetString(), Is.EqualTo("session_not_found"));
     }

@@ -6,28 +6,8 @@ namespace SandboxKit.Tests;
 
 /// <summary>Idempotency keys on work-starting POSTs, and background processes.</summary>
 [TestFixture]
-public sealed class IdempotencyAndProcessTests
+public sealed class IdempotencyAndProcessTests : SessionFixture
 {
-    private ServerHost _host = null!;
-    private string _session = null!;
-
-    [OneTimeSetUp]
-    public async Task StartAsync()
-    {
-        _host = await ServerHost.StartAsync();
-        _session = (await _host.CreateSessionAsync()).Id;
-    }
-
-    [OneTimeTearDown]
-    public async Task StopAsync()
-    {
-        foreach (var s in (await _host.Http.GetFromJsonAsync("/v1/sessions", SandboxJsonContext.Default.SessionList))!.Sessions)
-        {
-            await _host.DeleteSessionAsync(s.Id);
-        }
-        await _host.DisposeAsync();
-        Assert.That(await Engine.CountResourcesAsync(_host.Instance), Is.Zero);
-    }
 
     private HttpRequestMessage Post(string path, ExecuteRequest body, string key)
     {
@@ -41,78 +21,78 @@ public sealed class IdempotencyAndProcessTests
     {
         var key = Guid.NewGuid().ToString();
         var body = new ExecuteRequest { Command = "echo x >> /workspace/idem.log; sleep 1; wc -l < /workspace/idem.log; echo $RANDOM" };
-        var path = $"/v1/sessions/{_session}/commands";
+        var path = $"/v1/sessions/{SessionId}/commands";
         // Two at once (the second joins the running one), then a late repeat.
-        var concurrent = await Task.WhenAll(_host.Http.SendAsync(Post(path, body, key)), _host.Http.SendAsync(Post(path, body, key)));
-        var late = await _host.Http.SendAsync(Post(path, body, key));
+        var concurrent = await Task.WhenAll(Host.Http.SendAsync(Post(path, body, key)), Host.Http.SendAsync(Post(path, body, key)));
+        var late = await Host.Http.SendAsync(Post(path, body, key));
         var texts = await Task.WhenAll(concurrent.Append(late).Select(r => r.Content.ReadAsStringAsync()));
         Assert.That(texts.Distinct().Count(), Is.EqualTo(1), string.Join("\n", texts));
         Assert.That(late.Headers.Contains("Idempotent-Replayed"), Is.True);
-        Assert.That((await _host.ExecuteAsync(_session, "wc -l < /workspace/idem.log")).Stdout, Is.EqualTo("1\n"));
+        Assert.That((await Host.ExecuteAsync(SessionId, "wc -l < /workspace/idem.log")).Stdout, Is.EqualTo("1\n"));
 
-        var changed = await _host.Http.SendAsync(Post(path, new ExecuteRequest { Command = "echo other" }, key));
+        var changed = await Host.Http.SendAsync(Post(path, new ExecuteRequest { Command = "echo other" }, key));
         Assert.That(changed.StatusCode, Is.EqualTo(HttpStatusCode.UnprocessableEntity));
     }
 
     [Test]
-    public async Task A_repeated_create_makes_one_session()
+    public async Task A_repeated_create_makes_oneSessionId()
     {
         var key = Guid.NewGuid().ToString();
         async Task<string> Create()
         {
             using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/sessions") { Content = JsonContent.Create(new CreateSessionRequest { Metadata = new Dictionary<string, string> { ["k"] = key } }, SandboxJsonContext.Default.CreateSessionRequest) };
             request.Headers.Add("Idempotency-Key", key);
-            var response = await _host.Http.SendAsync(request);
+            var response = await Host.Http.SendAsync(request);
             await ServerHost.EnsureAsync(response, HttpStatusCode.Created);
             return (await response.Content.ReadFromJsonAsync(SandboxJsonContext.Default.SessionInfo))!.Id;
         }
         var ids = await Task.WhenAll(Create(), Create(), Create());
         Assert.That(ids.Distinct().Count(), Is.EqualTo(1));
-        var list = await _host.Http.GetFromJsonAsync($"/v1/sessions?metadata[k]={key}", SandboxJsonContext.Default.SessionList);
+        var list = await Host.Http.GetFromJsonAsync($"/v1/sessions?metadata[k]={key}", SandboxJsonContext.Default.SessionList);
         Assert.That(list!.Sessions, Has.Count.EqualTo(1));
-        await _host.DeleteSessionAsync(ids[0]);
+        await Host.DeleteSessionAsync(ids[0]);
     }
 
     [Test]
     public async Task Background_processes_run_detached_take_stdin_report_output_and_can_be_killed()
     {
-        var start = await _host.Http.PostAsJsonAsync($"/v1/sessions/{_session}/processes",
+        var start = await Host.Http.PostAsJsonAsync($"/v1/sessions/{SessionId}/processes",
             new StartProcessRequest { Command = "echo ready; while read line; do echo \"got $line\"; done; echo bye; exit 4", KeepStdinOpen = true },
             SandboxJsonContext.Default.StartProcessRequest);
         await ServerHost.EnsureAsync(start, HttpStatusCode.Created);
         var process = (await start.Content.ReadFromJsonAsync(SandboxJsonContext.Default.ProcessInfo))!;
         Assert.That(process.Status, Is.EqualTo("running"));
-        var baseUrl = $"/v1/sessions/{_session}/processes/{process.Id}";
+        var baseUrl = $"/v1/sessions/{SessionId}/processes/{process.Id}";
 
         // The session stays usable while the process runs.
-        Assert.That((await _host.ExecuteAsync(_session, "echo meanwhile")).Stdout, Is.EqualTo("meanwhile\n"));
+        Assert.That((await Host.ExecuteAsync(SessionId, "echo meanwhile")).Stdout, Is.EqualTo("meanwhile\n"));
 
-        var stdin = await _host.Http.PostAsJsonAsync(baseUrl + "/stdin", new SendStdinRequest { Text = "one\ntwo\n", Close = true }, SandboxJsonContext.Default.SendStdinRequest);
+        var stdin = await Host.Http.PostAsJsonAsync(baseUrl + "/stdin", new SendStdinRequest { Text = "one\ntwo\n", Close = true }, SandboxJsonContext.Default.SendStdinRequest);
         Assert.That(stdin.StatusCode, Is.EqualTo(HttpStatusCode.NoContent));
         var info = await PollUntilExitedAsync(baseUrl);
         Assert.That(info.Result!.ExitCode, Is.EqualTo(4));
 
-        var all = await _host.Http.GetFromJsonAsync(baseUrl + "/output?cursor=0", SandboxJsonContext.Default.ProcessOutput);
+        var all = await Host.Http.GetFromJsonAsync(baseUrl + "/output?cursor=0", SandboxJsonContext.Default.ProcessOutput);
         Assert.That(string.Concat(all!.Events.Select(e => e.Data)), Is.EqualTo("ready\ngot one\ngot two\nbye\n"));
-        var rest = await _host.Http.GetFromJsonAsync($"{baseUrl}/output?cursor={all.NextCursor}", SandboxJsonContext.Default.ProcessOutput);
+        var rest = await Host.Http.GetFromJsonAsync($"{baseUrl}/output?cursor={all.NextCursor}", SandboxJsonContext.Default.ProcessOutput);
         Assert.That(rest!.Events, Is.Empty);
 
-        var sleeper = await _host.Http.PostAsJsonAsync($"/v1/sessions/{_session}/processes", new StartProcessRequest { Command = "sleep 600" }, SandboxJsonContext.Default.StartProcessRequest);
+        var sleeper = await Host.Http.PostAsJsonAsync($"/v1/sessions/{SessionId}/processes", new StartProcessRequest { Command = "sleep 600" }, SandboxJsonContext.Default.StartProcessRequest);
         var sleeperId = (await sleeper.Content.ReadFromJsonAsync(SandboxJsonContext.Default.ProcessInfo))!.Id;
-        Assert.That((await _host.Http.DeleteAsync($"/v1/sessions/{_session}/processes/{sleeperId}")).StatusCode, Is.EqualTo(HttpStatusCode.NoContent));
-        var killed = await _host.Http.GetFromJsonAsync($"/v1/sessions/{_session}/processes/{sleeperId}", SandboxJsonContext.Default.ProcessInfo);
+        Assert.That((await Host.Http.DeleteAsync($"/v1/sessions/{SessionId}/processes/{sleeperId}")).StatusCode, Is.EqualTo(HttpStatusCode.NoContent));
+        var killed = await Host.Http.GetFromJsonAsync($"/v1/sessions/{SessionId}/processes/{sleeperId}", SandboxJsonContext.Default.ProcessInfo);
         Assert.That(killed!.Status, Is.EqualTo("exited"));
         Assert.That(killed.Result!.ExitCode, Is.EqualTo(137));
-        var list = await _host.Http.GetFromJsonAsync($"/v1/sessions/{_session}/processes", SandboxJsonContext.Default.ProcessList);
+        var list = await Host.Http.GetFromJsonAsync($"/v1/sessions/{SessionId}/processes", SandboxJsonContext.Default.ProcessList);
         Assert.That(list!.Processes.Select(p => p.Id), Does.Contain(process.Id).And.Contain(sleeperId));
-        Assert.That((await _host.Http.GetAsync($"/v1/sessions/{_session}/processes/nope")).StatusCode, Is.EqualTo(HttpStatusCode.NotFound));
+        Assert.That((await Host.Http.GetAsync($"/v1/sessions/{SessionId}/processes/nope")).StatusCode, Is.EqualTo(HttpStatusCode.NotFound));
     }
 
     private async Task<ProcessInfo> PollUntilExitedAsync(string url)
     {
         for (var i = 0; i < 100; i++)
         {
-            var info = await _host.Http.GetFromJsonAsync(url, SandboxJsonContext.Default.ProcessInfo);
+            var info = await Host.Http.GetFromJsonAsync(url, SandboxJsonContext.Default.ProcessInfo);
             if (info!.Status == "exited")
             {
                 return info;

@@ -10,7 +10,7 @@ using SandboxKit.Server;
 namespace SandboxKit.Tests;
 
 /// <summary>The real server, in-process on a free loopback port, against the real engine. Each host has its own instance label so its leftovers are countable.</summary>
-internal sealed class ServerHost : IAsyncDisposable
+public sealed class ServerHost : IAsyncDisposable
 {
     private readonly WebApplication _app;
 

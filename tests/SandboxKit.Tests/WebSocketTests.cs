@@ -7,30 +7,13 @@ namespace SandboxKit.Tests;
 
 /// <summary>Commands over WebSocket: events out, stdin and signals in; and the web terminal page that uses it.</summary>
 [TestFixture]
-public sealed class WebSocketTests
+public sealed class WebSocketTests : SessionFixture
 {
-    private ServerHost _host = null!;
-    private string _session = null!;
-
-    [OneTimeSetUp]
-    public async Task StartAsync()
-    {
-        _host = await ServerHost.StartAsync();
-        _session = (await _host.CreateSessionAsync()).Id;
-    }
-
-    [OneTimeTearDown]
-    public async Task StopAsync()
-    {
-        await _host.DeleteSessionAsync(_session);
-        await _host.DisposeAsync();
-        Assert.That(await Engine.CountResourcesAsync(_host.Instance), Is.Zero);
-    }
 
     private async Task<ClientWebSocket> ConnectAsync()
     {
         var socket = new ClientWebSocket();
-        var uri = new UriBuilder(_host.BaseAddress) { Scheme = "ws", Path = $"/v1/sessions/{_session}/commands/ws" }.Uri;
+        var uri = new UriBuilder(Host.BaseAddress) { Scheme = "ws", Path = $"/v1/sessions/{SessionId}/commands/ws" }.Uri;
         await socket.ConnectAsync(uri, CancellationToken.None);
         return socket;
     }
@@ -82,7 +65,7 @@ public sealed class WebSocketTests
     }
 
     [Test]
-    public async Task Closing_the_socket_mid_command_kills_it_and_the_session_stays_usable()
+    public async Task Closing_the_socket_mid_command_kills_it_and_theSessionId_stays_usable()
     {
         using (var socket = await ConnectAsync())
         {
@@ -92,14 +75,14 @@ public sealed class WebSocketTests
             socket.Abort();
         }
         await Task.Delay(500);
-        var ps = await _host.ExecuteAsync(_session, "pgrep -c -x sleep || true");
+        var ps = await Host.ExecuteAsync(SessionId, "pgrep -c -x sleep || true");
         Assert.That(ps.Stdout.Trim(), Is.EqualTo("0"));
     }
 
     [Test]
     public async Task The_web_terminal_page_is_served()
     {
-        var html = await _host.Http.GetStringAsync("/terminal");
+        var html = await Host.Http.GetStringAsync("/terminal");
         Assert.That(html, Does.Contain("<title>SandboxKit terminal</title>"));
         Assert.That(html, Does.Contain("/commands/ws"));
     }

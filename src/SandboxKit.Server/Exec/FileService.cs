@@ -159,24 +159,6 @@ internal sealed class FileService(SessionManager sessions)
         {
             throw ApiProblemException.Invalid("path is longer than 4096 characters or contains NUL.");
         }
-        var absolute = path.StartsWith('/') ? path : "/workspace/" + path;
-        var parts = new List<string>();
-        foreach (var part in absolute.Split('/', StringSplitOptions.RemoveEmptyEntries))
-        {
-            if (part == ".")
-            {
-                continue;
-            }
-            if (part == "..")
-            {
-                if (parts.Count > 0)
-                {
-                    parts.RemoveAt(parts.Count - 1);
-                }
-                continue;
-            }
-            parts.Add(part);
-        }
-        return "/" + string.Join('/', parts);
+        return SandboxPath.Normalize(path);
     }
 }
