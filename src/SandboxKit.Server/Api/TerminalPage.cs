@@ -39,11 +39,13 @@ internal static class TerminalPage
 <script>
 const $ = id => document.getElementById(id);
 const out = $("out"), input = $("input");
-let session = null, socket = null, cwd = "/workspace";
+let session = null, socket = null, running = false, cwd = "/workspace";
 $("key").value = sessionStorage.getItem("sandboxkit-key") || "";
 function print(text, cls) { const s = document.createElement("span"); if (cls) s.className = cls; s.textContent = text; out.appendChild(s); out.scrollTop = out.scrollHeight; }
 function headers() { const k = $("key").value; sessionStorage.setItem("sandboxkit-key", k); const h = { "Content-Type": "application/json" }; if (k) h["Authorization"] = "Bearer " + k; return h; }
 function setPrompt() { $("prompt").textContent = cwd + " $"; }
+// While a command runs the prompt is hidden: what is typed goes to the command's stdin.
+function setRunning(value) { running = value; document.body.dataset.running = value; $("prompt").style.visibility = value ? "hidden" : "visible"; }
 async function connect() {
   let id = $("session").value.trim();
   const r = id ? await fetch("/v1/sessions/" + encodeURIComponent(id), { headers: headers() })
@@ -57,29 +59,32 @@ function run(command) {
   print(cwd + " $ " + command + "\n", "cmd");
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
   const key = $("key").value;
+  setRunning(true);
   socket = new WebSocket(scheme + location.host + "/v1/sessions/" + session + "/commands/ws" + (key ? "?access_token=" + encodeURIComponent(key) : ""));
   socket.onopen = () => socket.send(JSON.stringify({ command, timeoutSeconds: 3600 }));
   socket.onmessage = m => {
     const e = JSON.parse(m.data);
     if (e.type === "stdout") print(e.data);
     else if (e.type === "stderr") print(e.data, "err");
-    else if (e.type === "error") print("error: " + e.error + "\n", "err");
+    else if (e.type === "error") { print("error: " + e.error + "\n", "err"); setRunning(false); }
     else if (e.type === "exited") {
+      setRunning(false);
       const r = e.result; if (r.workingDirectory) cwd = r.workingDirectory;
       if (r.timedOut) print("[timed out]\n", "err"); else if (r.exitCode !== 0) print("[exit " + r.exitCode + (r.oomKilled ? ", out of memory" : "") + "]\n", "err");
       setPrompt();
     }
   };
-  socket.onclose = () => { socket = null; };
+  socket.onclose = () => { socket = null; setRunning(false); };
 }
 input.addEventListener("keydown", ev => {
   if (ev.key !== "Enter") return;
   const text = input.value; input.value = "";
-  if (socket && socket.readyState === WebSocket.OPEN) { print(text + "\n"); socket.send(JSON.stringify({ stdin: text + "\n" })); }
+  // While a command runs, a line is its input; once it has exited (even before the socket closes) a line is a new command.
+  if (running && socket && socket.readyState === WebSocket.OPEN) { print(text + "\n"); socket.send(JSON.stringify({ stdin: text + "\n" })); }
   else if (text.trim()) run(text);
 });
 $("connect").onclick = connect;
-$("interrupt").onclick = () => { if (socket) socket.send(JSON.stringify({ signal: 2 })); };
+$("interrupt").onclick = () => { if (running && socket) socket.send(JSON.stringify({ signal: 2 })); };
 $("end").onclick = async () => { if (!session) return; await fetch("/v1/sessions/" + session, { method: "DELETE", headers: headers() }); print("session deleted\n", "info"); session = null; input.disabled = true; };
 </script>
 </body>
