@@ -17,18 +17,17 @@ internal static class SessionsApi
         group.MapPost("/{id}/keepalive", KeepAlive).WithSummary("Extend the idle deadline (never past the maximum lifetime).");
         group.MapGet("/{id}/stats", GetStatsAsync).WithSummary("Memory, CPU time and process count of the session's container now.");
 
-        app.MapGet("/v1/usage", (HttpContext http, SessionManager sessions, UsageMeter usage) =>
+        app.MapGroup("/v1/usage").WithTags("Sessions").RequireTenant()
+            .MapGet("/", (HttpContext http, SessionManager sessions, UsageMeter usage) =>
             {
                 var tenant = http.GetTenant();
                 return TypedResults.Ok(usage.Report(tenant.Name, sessions.CountFor(tenant)));
             })
-            .WithTags("Sessions")
             .WithSummary("The caller's usage since the server started: sessions, commands, command time, output bytes.");
 
-        app.MapDelete("/v1/users/{userId}/storage", DeleteUserStorageAsync)
-            .WithTags("Sessions")
-            .WithSummary("Delete an end user's persistent storage (the user must have no live session).")
-            .AddEndpointFilter(async (ctx, next) => { ctx.HttpContext.GetTenant(); return await next(ctx); });
+        app.MapGroup("/v1/users").WithTags("Sessions").RequireTenant()
+            .MapDelete("/{userId}/storage", DeleteUserStorageAsync)
+            .WithSummary("Delete an end user's persistent storage (the user must have no live session).");
         return group;
     }
 
