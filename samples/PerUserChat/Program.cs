@@ -122,28 +122,15 @@ try
     Console.WriteLine("verified: alice's note.txt is in her sandbox and not visible to bob");
     return 0;
 }
-catch (SandboxException e)
+catch (Exception e) when (SampleConsole.FailureExitCode(e, model is not null) is { } exitCode)
 {
-    Console.Error.WriteLine($"SandboxKit call failed ({e.Code ?? e.Status?.ToString() ?? "no answer"}): {e.Message}");
-    return 2;
-}
-catch (Exception e) when (model is not null && e is System.ClientModel.ClientResultException or HttpRequestException or AggregateException)
-{
-    Console.Error.WriteLine($"model call failed: {e.Message}");
-    return 3;
+    return SampleConsole.ReportFailure(e, exitCode);
 }
 finally
 {
     await sessions.DisposeAsync();
     foreach (var userId in names.Values)
     {
-        try
-        {
-            await client.DeleteUserStorageAsync(userId);
-        }
-        catch (SandboxException)
-        {
-            // Never created, or already gone.
-        }
+        await SampleConsole.DeleteUserStorageQuietlyAsync(client, userId);
     }
 }

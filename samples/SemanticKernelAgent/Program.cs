@@ -91,27 +91,14 @@ try
     Console.WriteLine($"verified: primes.txt in sandbox {session.Id} holds the first 20 primes");
     return 0;
 }
-catch (SandboxException e)
+catch (Exception e) when (SampleConsole.FailureExitCode(e, model is not null) is { } exitCode)
 {
-    Console.Error.WriteLine($"SandboxKit call failed ({e.Code ?? e.Status?.ToString() ?? "no answer"}): {e.Message}");
-    return 2;
-}
-catch (Exception e) when (model is not null && e is System.ClientModel.ClientResultException or HttpRequestException or AggregateException)
-{
-    Console.Error.WriteLine($"model call failed: {e.Message}");
-    return 3;
+    return SampleConsole.ReportFailure(e, exitCode);
 }
 finally
 {
     await sessions.DisposeAsync();
-    try
-    {
-        await client.DeleteUserStorageAsync(user);
-    }
-    catch (SandboxException)
-    {
-        // Nothing was created (the server was unreachable) or it is already gone.
-    }
+    await SampleConsole.DeleteUserStorageQuietlyAsync(client, user);
 }
 
 /// <summary>Prints each function call the kernel makes for the model, and its result.</summary>

@@ -1,6 +1,7 @@
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using Microsoft.Extensions.AI;
+using SandboxKit.Client;
 
 namespace SandboxKit.Samples;
 
@@ -42,4 +43,37 @@ public static class SampleConsole
 
     /// <summary>A user id unique to this run, so runs never share a sandbox.</summary>
     public static string RunUser(string name) => $"{name}-{Guid.NewGuid().ToString("N")[..8]}";
+
+    /// <summary>
+    /// The exit code of a failure a sample reports instead of crashing: 2 when the SandboxKit server refused a call or
+    /// could not be reached, 3 when a configured model could not be called; null for anything else.
+    /// </summary>
+    public static int? FailureExitCode(Exception exception, bool modelConfigured) => exception switch
+    {
+        SandboxException => 2,
+        System.ClientModel.ClientResultException or HttpRequestException or AggregateException when modelConfigured => 3,
+        _ => null,
+    };
+
+    /// <summary>Prints a failure classified by <see cref="FailureExitCode"/> and returns its exit code.</summary>
+    public static int ReportFailure(Exception exception, int exitCode)
+    {
+        Console.Error.WriteLine(exception is SandboxException e
+            ? $"SandboxKit call failed ({e.Code ?? e.Status?.ToString() ?? "no answer"}): {e.Message}"
+            : $"model call failed: {exception.Message}");
+        return exitCode;
+    }
+
+    /// <summary>Deletes a sample user's persistent storage; nothing to delete (or no server) is not an error at clean-up.</summary>
+    public static async Task DeleteUserStorageQuietlyAsync(SandboxClient client, string userId)
+    {
+        try
+        {
+            await client.DeleteUserStorageAsync(userId);
+        }
+        catch (SandboxException)
+        {
+            // Nothing was created (the server was unreachable) or it is already gone.
+        }
+    }
 }
