@@ -38,7 +38,11 @@ HEADER = struct.Struct(">IcI")  # L (= 5 + payload length), type, channel
 ARG_STRLEN_MAX = 128 * 1024 - 1  # Linux MAX_ARG_STRLEN: longest single argv/env string
 INLINE_SCRIPT_MAX = 100 * 1024  # longer scripts are run from a file instead of `-c`
 STATE_FD_MIN = 100  # state pipe lives at a high fd so user redirections (3..9) cannot hit it
-BASH = shutil.which("bash") or "/bin/bash"  # absolute: the session PATH may be anything
+# Command shells. Absolute: the session PATH may be anything. Debian's bash-static is the same
+# bash release and configuration linked statically: without the dynamic loader a shell starts
+# with ~30% fewer page faults, the main cost of a command on VMs where faults are expensive
+# (docs/benchmarks.md). Shells still get argv[0] "bash", so $0 and $BASH read as for /bin/bash.
+BASH = shutil.which("bash-static") or shutil.which("bash") or "/bin/bash"
 INTERPRETERS = {"python": ("python3", ".py"), "node": ("node", ".js"), "bash": ("bash", ".sh")}
 NOT_PERSISTED = {"SHLVL", "_", "__SBK_BASH_ENV"}  # bash (or the prelude) rewrites these
 # 0: every command spawns its own shell. 1 (default): a warm shell is spawned when the
