@@ -196,10 +196,14 @@ class FrameWriter:
         bufs: list[Any] = [HEADER.pack(len(payload) + 5, kind, channel)]
         if payload:
             bufs.append(payload)
+        self.write(bufs)
+
+    def write(self, bufs: list[Any]) -> None:
+        """Writes already framed buffers as one unit (consumes the list)."""
         try:
             with self._lock:
                 while bufs:
-                    n = os.writev(self._fd, bufs)
+                    n = os.writev(self._fd, bufs[:512])  # IOV_MAX is 1024
                     while bufs and n >= len(bufs[0]):
                         n -= len(bufs.pop(0))
                     if n:
@@ -210,6 +214,44 @@ class FrameWriter:
 
     def json(self, kind: bytes, channel: int, obj: Any) -> None:
         self.send(kind, channel, jdump(obj))
+
+
+BATCH_HOLD = 0.005  # s: longest a command's frame waits for the frames that follow it
+
+
+class FrameBatch:
+    """One command's frames, held briefly and written together. Every write to stdout wakes
+    the container runtime's relay (containerd-shim, dockerd) and then the server's read
+    loop, so a command that finishes quickly costs one write (started, output, exited)
+    instead of one per frame. Results are never delayed: the exit frame flushes at once;
+    streamed output reaches the server at most BATCH_HOLD later."""
+
+    def __init__(self, out: FrameWriter, channel: int) -> None:
+        self.out, self.channel = out, channel
+        self.bufs: list[Any] = []
+        self.size = 0
+        self.since = 0.0
+
+    def add(self, kind: bytes, payload: bytes | memoryview = b"") -> None:
+        if not self.bufs:
+            self.since = time.perf_counter()
+        self.bufs.append(HEADER.pack(len(payload) + 5, kind, self.channel))
+        if payload:
+            self.bufs.append(payload)
+        self.size += len(payload) + 9
+        if self.size >= CHUNK:
+            self.flush()
+
+    def wait_ms(self) -> float | None:
+        """How long poll() may block before the held frames are due (None: nothing held)."""
+        if not self.bufs:
+            return None
+        return max(0.0, (self.since + BATCH_HOLD - time.perf_counter()) * 1000)
+
+    def flush(self) -> None:
+        if self.bufs:
+            bufs, self.bufs, self.size = self.bufs, [], 0
+            self.out.write(bufs)
 
 
 # cgroup v2, then v1. SANDBOXKIT_AGENT_OOM_EVENTS replaces both (tests use a fake file).
@@ -648,6 +690,7 @@ class Command:
         self.warm: WarmShell | None = None  # the warm shell running this command, if any
         self.t0 = 0.0
         self.oom_before: int | None = None
+        self.frames = FrameBatch(agent.out, channel)
 
     # ---- called from the reader thread ------------------------------------
     def feed(self, data: bytes) -> None:
@@ -716,7 +759,8 @@ class Command:
                 kill_tree(self.pid, signal.SIGKILL)  # type: ignore[arg-type]
             self.agent.release(self.channel)
             self.refresh_warm = self.agent.warm.request()
-            self.agent.out.json(b"r", self.channel, error_body(exc))
+            self.frames.add(b"r", jdump(error_body(exc)))
+            self.frames.flush()
         finally:
             with self.lock:
                 self.wake_w = None
@@ -855,7 +899,7 @@ class Command:
         if self.pipe_stdin:
             wake_r, self.wake_w = self._pipe(fds)
             os.set_blocking(self.wake_w, False)
-        self.agent.out.json(b"s", self.channel, {"pid": proc.pid})
+        self.frames.add(b"s", jdump({"pid": proc.pid}))
 
         try:
             exit_fd = os.pidfd_open(proc.pid)
@@ -897,13 +941,18 @@ class Command:
             if kind is None:
                 state.extend(data)
             else:
-                self.agent.out.send(kind, self.channel, data)
+                self.frames.add(kind, data)
             return True
 
         deadline = t0 + self.timeout / 1000 if self.timeout else None
         timed_out = exited = False
         while not exited:
             wait = None if deadline is None else max(0.0, (deadline - time.perf_counter()) * 1000)
+            hold = self.frames.wait_ms()
+            if hold == 0:
+                self.frames.flush()
+            elif hold is not None and (wait is None or hold < wait):
+                wait = hold
             for fd, events in poller.poll(wait):
                 if fd in readers:
                     pump(fd)
@@ -948,9 +997,10 @@ class Command:
         # The state is known: a warm shell for it is spawned once `x` is out. Marked before
         # `x`, so that a request sent as soon as the server sees `x` waits for that shell.
         self.refresh_warm = self.agent.warm.request()
-        self.agent.out.json(b"x", self.channel, {
+        self.frames.add(b"x", jdump({
             "exitCode": exit_code, "signal": signum, "timedOut": timed_out,
-            "oomKilled": oom, "durationMs": round(duration, 3), "cwd": session.current_cwd()})
+            "oomKilled": oom, "durationMs": round(duration, 3), "cwd": session.current_cwd()}))
+        self.frames.flush()
 
     def _write_stdin(self, fd: int, poller: select.poll, fds: list[int]) -> int | None:
         """Write pending stdin without blocking; returns None once closed."""
