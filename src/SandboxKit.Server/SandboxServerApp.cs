@@ -26,6 +26,11 @@ public static class SandboxServerApp
             builder.WebHost.UseUrls("http://127.0.0.1:5000");
         }
 
+        // Run Kestrel's continuations on the socket thread instead of queueing them to the
+        // thread pool: every handler here awaits I/O and never blocks, and on a 2-core VM each
+        // cross-thread hand-off is a costly wake-up (docs/benchmarks.md, "Server CPU").
+        builder.WebHost.UseSockets(o => o.UnsafePreferInlineScheduling = true);
+
         builder.Services.ConfigureHttpJsonOptions(o =>
         {
             o.SerializerOptions.TypeInfoResolverChain.Insert(0, SandboxJsonContext.Default);
