@@ -2,6 +2,7 @@
 //   dotnet run -c Release --project benchmarks/SandboxKit.Benchmarks [-- --quick]
 // Prints p50/p90/p99 per operation and the ratio to the reference. Not a test: it asserts nothing.
 using System.Diagnostics;
+using System.Globalization;
 using System.Net.Http.Json;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
@@ -144,8 +145,32 @@ try
             throughputLatencies.Add(sw.Elapsed.TotalMilliseconds);
         }
     }));
-    var perSecond = completed / deadline.Elapsed.TotalSeconds;
+    var throughputSeconds = deadline.Elapsed.TotalSeconds;
+    var perSecond = completed / throughputSeconds;
     rows.Add(($"echo hello, {clients} concurrent clients", Stats.Of(throughputLatencies)));
+
+    // Ceiling: the same sessions, no server and no agent, each container only spawning
+    // `bash -c 'echo hello'` back to back the way the agent does (posix_spawn, own session,
+    // the agent's shell binary) for the same time. Every command needs one new shell, so no
+    // design that keeps that rule can beat this rate on this machine.
+    var spawnScript = $$"""
+        import os, shutil, time
+        bash = shutil.which("bash-static") or shutil.which("bash")
+        null = [(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)]
+        n, end = 0, time.monotonic() + {{duration.TotalSeconds}}
+        while time.monotonic() < end:
+            os.waitpid(os.posix_spawn(bash, ["bash", "-c", "echo hello"], os.environ, file_actions=null, setsid=True), 0)
+            n += 1
+        print(n, os.path.basename(bash))
+        """;
+    var spawnWatch = Stopwatch.StartNew();
+    var spawnOutputs = await Task.WhenAll(sessions.Select(async id =>
+    {
+        var c = (await docker.ListVolumesAsync(SessionLabels.Session, id, CancellationToken.None)).Single().Labels[SessionLabels.Container];
+        return (await docker.ExecAsync(c, ["python3", "-c", spawnScript], CancellationToken.None)).Output.Split(' ');
+    }));
+    var spawnCeiling = spawnOutputs.Sum(o => int.Parse(o[0], CultureInfo.InvariantCulture)) / spawnWatch.Elapsed.TotalSeconds;
+    var spawnShell = spawnOutputs[0][1].Trim();
 
     // Memory: a command writing 100 MB while we watch the server's working set.
     GC.Collect();
@@ -174,7 +199,8 @@ try
     }
     Console.WriteLine();
     Console.WriteLine($"echo hello: SandboxKit p50 {echoStats.P50:0.00} ms back to back, {pacedStats.P50:0.00} ms paced, vs raw Docker exec p50 {rawStats.P50:0.00} ms -> {rawStats.P50 / echoStats.P50:0.0}x / {rawStats.P50 / pacedStats.P50:0.0}x faster");
-    Console.WriteLine($"throughput: {perSecond:0} commands/s with {clients} concurrent clients over {deadline.Elapsed.TotalSeconds:0.0} s, {errors} errors");
+    Console.WriteLine($"throughput: {perSecond:0} commands/s with {clients} concurrent clients over {throughputSeconds:0.0} s, {errors} errors");
+    Console.WriteLine($"spawn ceiling: {spawnCeiling:0} `{spawnShell} -c 'echo hello'`/s in the same {clients} sessions with no server or agent -> SandboxKit reaches {perSecond / spawnCeiling:P0} of it");
     Console.WriteLine($"100 MB output: {flood.StdoutBytes / 1e6:0} MB streamed in {floodSeconds:0.0} s, truncated={flood.Truncated}; process working set {before / 1e6:0} MB before, peak {peak / 1e6:0} MB during (+{(peak - before) / 1e6:0} MB)");
 
     foreach (var id in sessions.Append(session.Id))
