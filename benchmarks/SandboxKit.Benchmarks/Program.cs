@@ -157,7 +157,7 @@ try
         import os, shutil, time
         bash = shutil.which("bash-static") or shutil.which("bash")
         null = [(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)]
-        n, end = 0, time.monotonic() + {{duration.TotalSeconds}}
+        n, end = 0, time.monotonic() + {{duration.TotalSeconds.ToString(CultureInfo.InvariantCulture)}}
         while time.monotonic() < end:
             os.waitpid(os.posix_spawn(bash, ["bash", "-c", "echo hello"], os.environ, file_actions=null, setsid=True), 0)
             n += 1

@@ -28,7 +28,7 @@ public static class SandboxServerApp
 
         // Run Kestrel's continuations on the socket thread instead of queueing them to the
         // thread pool: every handler here awaits I/O and never blocks, and on a 2-core VM each
-        // cross-thread hand-off is a costly wake-up (docs/benchmarks.md, "Server CPU").
+        // cross-thread hand-off is a costly wake-up (docs/benchmarks.md, "Where the CPU goes").
         builder.WebHost.UseSockets(o => o.UnsafePreferInlineScheduling = true);
 
         builder.Services.ConfigureHttpJsonOptions(o =>
