@@ -149,13 +149,14 @@ try
     var perSecond = completed / throughputSeconds;
     rows.Add(($"echo hello, {clients} concurrent clients", Stats.Of(throughputLatencies)));
 
-    // Ceiling: the same sessions, no server and no agent, each container only spawning
-    // `bash -c 'echo hello'` back to back the way the agent does (posix_spawn, own session,
-    // the agent's shell binary) for the same time. Every command needs one new shell, so no
-    // design that keeps that rule can beat this rate on this machine.
+    // Ceiling: the same sessions, no server and no agent running, each container only spawning
+    // `bash -c 'echo hello'` back to back the way the agent does (posix_spawn, own session, the
+    // shell binary the agent module picks) for the same time. Every command needs one new shell,
+    // so no design that keeps that rule can beat this rate on this machine.
     var spawnScript = $$"""
-        import os, shutil, time
-        bash = shutil.which("bash-static") or shutil.which("bash")
+        import os, sys, time
+        sys.path.insert(0, "/opt/sandboxkit")
+        from agent import BASH as bash
         null = [(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)]
         n, end = 0, time.monotonic() + {{duration.TotalSeconds.ToString(CultureInfo.InvariantCulture)}}
         while time.monotonic() < end:
