@@ -14,6 +14,7 @@
 #           sandboxkit/base:bookworm-<hash of the package list>; no registry is contacted;
 #        3. else (e.g. Docker Desktop): a plain build that pulls debian:bookworm-slim.
 # Builds use the classic builder (DOCKER_BUILDKIT=0; no buildx needed) with --network host.
+# Older sandboxkit/base tags are removed after a build that made or used a newer one.
 # Log: /var/log/sandboxkit-image-build.log, rewritten per build (/tmp/... when /var/log is not writable).
 set -euo pipefail
 
@@ -145,5 +146,14 @@ say "built $TAG in $((SECONDS - t0)) s ($(docker image inspect --format '{{.Size
 if [[ -n "$old_id" && "$old_id" != "$(docker image inspect --format '{{.Id}}' "$TAG")" ]] \
     && [[ "$(docker image inspect --format '{{len .RepoTags}}' "$old_id" 2>/dev/null)" == 0 ]]; then
     docker rmi "$old_id" >/dev/null 2>&1 || true
+fi
+# Bases made for earlier package lists are 300+ MB each and nothing rebuilds from them:
+# untag them (an image or container still built on one keeps its layers).
+if [[ "$BASE" == sandboxkit/base:* ]]; then
+    for stale in $(docker image ls --format '{{.Repository}}:{{.Tag}}' sandboxkit/base | grep -vxF "$BASE"); do
+        if docker rmi "$stale" >/dev/null 2>&1; then
+            say "removed superseded base $stale"
+        fi
+    done
 fi
 say "done in $((SECONDS - t_all)) s"
