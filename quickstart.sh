@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# clang + lld build the NativeAOT supervisor; bash-static is the shell it brings to every image.
+scripts/ensure-build-tools.sh
 # The image script makes sure an engine answers first (scripts/ensure-engine.sh).
 scripts/build-sandbox-image.sh
 

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of SandboxKit against a real Docker engine and the real sandbox image:
-#   1. the .NET test projects (server, client, integrations) — real engine, real containers;
-#   2. the in-sandbox agent's own tests, inside a hardened sandbox container;
-#   3. the packages as users consume them (local NuGet feed) and every sample, against a real server.
-# Sets up what is missing first (engine, image), so on a fresh Debian/Ubuntu machine with the
+#   1. the .NET test projects (server, supervisor, client, integrations) — real engine, real containers;
+#   2. the packages as users consume them (local NuGet feed) and every sample, against a real server.
+# Sets up what is missing first (build tools, engine, image), so on a fresh Debian/Ubuntu machine with the
 # .NET SDK this one command is all that is needed. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# clang + lld (the NativeAOT supervisor), bash-static (its shell) and what the tests drive.
+scripts/ensure-build-tools.sh --tests
 # The image script makes sure an engine answers first (scripts/ensure-engine.sh).
 scripts/build-sandbox-image.sh
-image="${SANDBOXKIT_IMAGE:-sandboxkit/sandbox:$(tr -d '[:space:]' < VERSION)}"
 
 results=$(mktemp -d)
 trap 'rm -rf "$results"' EXIT
@@ -27,17 +27,6 @@ for trx in "$results"/*.trx; do
     failed=$((failed + $(get failed) + $(get error) + $(get timeout) + $(get aborted)))
     skipped=$((skipped + $(get notExecuted)))
 done
-
-echo "== agent tests (inside a hardened sandbox container)"
-agent_log="$results/agent.log"
-docker run --rm --network none --read-only --tmpfs /tmp:exec,size=64m --cap-drop ALL \
-    --security-opt no-new-privileges -v "$PWD/src/SandboxKit.Agent:/agent:ro" \
-    --entrypoint /usr/bin/tini "$image" -- python3 /agent/test_agent.py >"$agent_log" 2>&1 || status=1
-tail -n 8 "$agent_log"
-ran=$(sed -n 's/^Ran \([0-9]*\) tests.*/\1/p' "$agent_log" | tail -n 1)
-bad=0
-for n in $(sed -n 's/^FAILED (\(.*\))/\1/p' "$agent_log" | grep -o '[0-9]\+'); do bad=$((bad + n)); done
-passed=$((passed + ${ran:-0} - ${bad:-0})); failed=$((failed + ${bad:-0}))
 
 echo "== packages and samples"
 smoke_log="$results/smoke.log"

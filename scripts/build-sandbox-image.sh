@@ -5,8 +5,8 @@
 #
 # Tag:   sandboxkit/sandbox:$(cat VERSION), or $SANDBOXKIT_IMAGE.
 # Label: org.sandboxkit.inputs = first 16 hex chars of
-#        sha256(cat Dockerfile.sandbox sandbox/packages.txt src/SandboxKit.Agent/agent.py)
-#        (the bytes of the three files, concatenated in that order). An image whose label
+#        sha256(cat Dockerfile.sandbox sandbox/packages.txt)
+#        (the bytes of the two files, concatenated in that order). An image whose label
 #        matches is up to date and nothing is done.
 # Base:  1. $SANDBOXKIT_BASE_IMAGE, or debian:bookworm-slim if it exists locally;
 #        2. else, on a Debian/Ubuntu host as root: a base made with debootstrap from the host's
@@ -40,13 +40,12 @@ run_logged() { # run_logged <what> <cmd...>: output to $LOG, tail on failure
 
 "$ROOT/scripts/ensure-engine.sh"
 
-AGENT=src/SandboxKit.Agent/agent.py
-for f in Dockerfile.sandbox sandbox/packages.txt "$AGENT" VERSION; do
+for f in Dockerfile.sandbox sandbox/packages.txt VERSION; do
     [[ -f "$f" ]] || die "missing $ROOT/$f"
 done
 
 TAG=${SANDBOXKIT_IMAGE:-sandboxkit/sandbox:$(tr -d '[:space:]' <VERSION)}
-HASH=$(cat Dockerfile.sandbox sandbox/packages.txt "$AGENT" | sha256sum | cut -c1-16)
+HASH=$(cat Dockerfile.sandbox sandbox/packages.txt | sha256sum | cut -c1-16)
 
 current=$(docker image inspect --format '{{ index .Config.Labels "org.sandboxkit.inputs" }}' "$TAG" 2>/dev/null || true)
 old_id=$(docker image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
@@ -58,8 +57,9 @@ say "building $TAG (inputs $HASH${current:+, image has $current})"
 : >"$LOG" # one build per log
 t_all=$SECONDS
 
-# Package names from sandbox/packages.txt, comments and blanks dropped.
-PACKAGES=$(sed -e 's/#.*//' sandbox/packages.txt | tr -s ' \t\r\n' '\n' | sed '/^$/d')
+# Package names from sandbox/packages.txt above its [apt] line (debootstrap's part), comments and blanks dropped;
+# Dockerfile.sandbox installs the rest with apt.
+PACKAGES=$(sed -e '/^\[apt\]$/,$d' -e 's/#.*//' sandbox/packages.txt | tr -s ' \t\r\n' '\n' | sed '/^$/d')
 [[ -n "$PACKAGES" ]] || die "sandbox/packages.txt lists no packages"
 
 # First http(s) Debian URI of the host's apt sources, skipping security suites.

@@ -1,6 +1,6 @@
-// SandboxKit benchmark: the server's figures and, in the same run, the raw Docker API exec they replace.
+// SandboxKit benchmark: the server's figures and, in the same run, the references they are judged against.
 //   dotnet run -c Release --project benchmarks/SandboxKit.Benchmarks [-- --quick]
-// Prints p50/p90/p99 per operation and the ratio to the reference. Not a test: it asserts nothing.
+// Prints p50/p90/p99 per operation and the ratio to each reference. Not a test: it asserts nothing.
 using System.Diagnostics;
 using System.Globalization;
 using System.Net.Http.Json;
@@ -8,6 +8,7 @@ using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
+using SandboxKit.Benchmarks;
 using SandboxKit.Contracts;
 using SandboxKit.Server;
 using SandboxKit.Server.Engine;
@@ -16,9 +17,10 @@ using SandboxKit.Server.Sessions;
 var quick = args.Contains("--quick");
 var iterations = quick ? 100 : 500;
 var createIterations = quick ? 10 : 30;
+var idleSessions = quick ? 20 : 100;
 var instance = "bench" + Guid.NewGuid().ToString("N")[..6];
 
-Console.WriteLine($"SandboxKit benchmark {ServerInfo.Version} — {Environment.ProcessorCount} cores, {(quick ? "quick" : "full")} run, instance {instance}");
+Console.WriteLine($"SandboxKit benchmark {ServerInfo.Version} — {Environment.ProcessorCount} cores, {(quick ? "quick" : "full")} run, instance {instance}, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC");
 var app = SandboxServerApp.Build([
     "--urls", "http://127.0.0.1:0",
     $"--Sandbox:InstanceName={instance}",
@@ -30,8 +32,10 @@ await app.StartAsync();
 var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
 using var http = new HttpClient { BaseAddress = new Uri(address), Timeout = TimeSpan.FromMinutes(5) };
 var pool = app.Services.GetRequiredService<WarmPool>();
+var specs = app.Services.GetRequiredService<ContainerSpecFactory>();
 var docker = new DockerEngine(DockerEngine.DefaultEndpoint, NullLogger<DockerEngine>.Instance);
 var rows = new List<(string Name, Stats Stats)>();
+var summary = new List<string>();
 
 try
 {
@@ -42,22 +46,37 @@ try
     {
         await WaitForPoolAsync(pool, 1);
         var sw = Stopwatch.StartNew();
-        var s = await CreateAsync(http, new CreateSessionRequest());
+        var s = await Api.CreateAsync(http, new CreateSessionRequest());
         warm.Add(sw.Elapsed.TotalMilliseconds);
         sessionsToDelete.Add(s.Id);
     }
     rows.Add(("session create (warm pool)", Stats.Of(warm)));
 
-    // Cold: a shape the pool does not hold, so every create starts a container.
+    // Cold: a shape the pool does not hold, so every create starts a container and waits for its supervisor.
     var cold = new List<double>();
     for (var i = 0; i < createIterations; i++)
     {
         var sw = Stopwatch.StartNew();
-        var s = await CreateAsync(http, new CreateSessionRequest { MemoryBytes = 256L << 20 });
+        var s = await Api.CreateAsync(http, new CreateSessionRequest { MemoryBytes = 256L << 20 });
         cold.Add(sw.Elapsed.TotalMilliseconds);
         sessionsToDelete.Add(s.Id);
     }
-    rows.Add(("session create (cold)", Stats.Of(cold)));
+    var coldStats = Stats.Of(cold);
+    rows.Add(("session create (cold)", coldStats));
+
+    // Reference: the engine's own create + start of exactly that container spec, nothing waited for.
+    var rawCreate = new List<double>();
+    var shape = specs.DefaultShape with { MemoryBytes = 256L << 20 };
+    for (var i = 0; i < createIterations; i++)
+    {
+        var spec = specs.Build(shape, $"sk-{instance}-raw-{i}", null);
+        var sw = Stopwatch.StartNew();
+        var id = await docker.RunContainerAsync(spec, CancellationToken.None);
+        rawCreate.Add(sw.Elapsed.TotalMilliseconds);
+        await docker.RemoveContainerAsync(id, CancellationToken.None);
+    }
+    var rawCreateStats = Stats.Of(rawCreate);
+    rows.Add(("raw Docker create + start, same spec (reference)", rawCreateStats));
 
     var deletes = new List<double>();
     foreach (var id in sessionsToDelete)
@@ -68,16 +87,16 @@ try
     }
     rows.Add(("session delete", Stats.Of(deletes)));
 
-    var session = await CreateAsync(http, new CreateSessionRequest());
+    var session = await Api.CreateAsync(http, new CreateSessionRequest());
     for (var i = 0; i < 20; i++)
     {
-        await ExecAsync(http, session.Id, "echo hello");
+        await Api.ExecAsync(http, session.Id, "echo hello");
     }
     var echo = new List<double>();
     for (var i = 0; i < iterations; i++)
     {
         var sw = Stopwatch.StartNew();
-        var r = await ExecAsync(http, session.Id, "echo hello");
+        var r = await Api.ExecAsync(http, session.Id, "echo hello");
         echo.Add(sw.Elapsed.TotalMilliseconds);
         if (r.Stdout != "hello\n")
         {
@@ -88,25 +107,25 @@ try
     rows.Add(("echo hello over HTTP, back to back", echoStats));
 
     // Agents think between commands (a model call takes far longer than this); the pause lets the
-    // session's next shell start in advance, which is the agent's warm path.
+    // session's next shell start in advance, which is the supervisor's warm path.
     var paced = new List<double>();
     for (var i = 0; i < iterations / 2; i++)
     {
         await Task.Delay(50);
         var sw = Stopwatch.StartNew();
-        await ExecAsync(http, session.Id, "echo hello");
+        await Api.ExecAsync(http, session.Id, "echo hello");
         paced.Add(sw.Elapsed.TotalMilliseconds);
     }
     var pacedStats = Stats.Of(paced);
     rows.Add(("echo hello over HTTP, 50 ms apart (warm shell)", pacedStats));
 
     // Reference: the same command as a raw Docker API exec (create + start + inspect) in the same container.
-    var container = (await docker.ListVolumesAsync(SessionLabels.Session, session.Id, CancellationToken.None)).Single().Labels[SessionLabels.Container];
+    var container = await Api.ContainerOfAsync(docker, session.Id);
     var raw = new List<double>();
     for (var i = 0; i < Math.Min(iterations, 200); i++)
     {
         var sw = Stopwatch.StartNew();
-        var o = await docker.ExecAsync(container, ["bash", "-c", "echo hello"], CancellationToken.None);
+        var o = await docker.ExecAsync(container, ["/.sandboxkit/bin/bash", "-c", "echo hello"], CancellationToken.None);
         raw.Add(sw.Elapsed.TotalMilliseconds);
         if (o.Output != "hello\n")
         {
@@ -122,7 +141,7 @@ try
     var sessions = new List<string>();
     for (var i = 0; i < clients; i++)
     {
-        sessions.Add((await CreateAsync(http, new CreateSessionRequest())).Id);
+        sessions.Add((await Api.CreateAsync(http, new CreateSessionRequest())).Id);
     }
     var errors = 0;
     var completed = 0;
@@ -135,7 +154,7 @@ try
             var sw = Stopwatch.StartNew();
             try
             {
-                var r = await ExecAsync(http, id, "echo hello");
+                var r = await Api.ExecAsync(http, id, "echo hello");
                 if (r.Stdout == "hello\n") { Interlocked.Increment(ref completed); } else { Interlocked.Increment(ref errors); }
             }
             catch
@@ -149,29 +168,23 @@ try
     var perSecond = completed / throughputSeconds;
     rows.Add(($"echo hello, {clients} concurrent clients", Stats.Of(throughputLatencies)));
 
-    // Ceiling: the same sessions, no server and no agent running, each container only spawning
-    // `bash -c 'echo hello'` back to back the way the agent does (posix_spawn, own session, the
-    // shell binary the agent module picks) for the same time. Every command needs one new shell,
-    // so no design that keeps that rule can beat this rate on this machine.
+    // Ceiling: the same sessions, no server involved, each container only spawning the supervisor's
+    // `bash -c 'echo hello'` back to back (posix_spawn, own session, as the command user) for the same time.
+    // Every command needs one new shell, so no design that keeps that rule can beat this rate here.
     var spawnScript = $$"""
-        import os, sys, time
-        sys.path.insert(0, "/opt/sandboxkit")
-        from agent import BASH as bash
+        import os, time
+        bash = "/.sandboxkit/bin/bash"
         null = [(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)]
         n, end = 0, time.monotonic() + {{duration.TotalSeconds.ToString(CultureInfo.InvariantCulture)}}
         while time.monotonic() < end:
             os.waitpid(os.posix_spawn(bash, ["bash", "-c", "echo hello"], os.environ, file_actions=null, setsid=True), 0)
             n += 1
-        print(n, os.path.basename(bash))
+        print(n)
         """;
     var spawnWatch = Stopwatch.StartNew();
     var spawnOutputs = await Task.WhenAll(sessions.Select(async id =>
-    {
-        var c = (await docker.ListVolumesAsync(SessionLabels.Session, id, CancellationToken.None)).Single().Labels[SessionLabels.Container];
-        return (await docker.ExecAsync(c, ["python3", "-c", spawnScript], CancellationToken.None)).Output.Split(' ');
-    }));
-    var spawnCeiling = spawnOutputs.Sum(o => int.Parse(o[0], CultureInfo.InvariantCulture)) / spawnWatch.Elapsed.TotalSeconds;
-    var spawnShell = spawnOutputs[0][1].Trim();
+        (await docker.ExecAsync(await Api.ContainerOfAsync(docker, id), ["python3", "-c", spawnScript], CancellationToken.None)).Output));
+    var spawnCeiling = spawnOutputs.Sum(o => int.Parse(o.Trim(), CultureInfo.InvariantCulture)) / spawnWatch.Elapsed.TotalSeconds;
 
     // Memory: a command writing 100 MB while we watch the server's working set.
     GC.Collect();
@@ -187,10 +200,18 @@ try
         }
     });
     var floodWatch = Stopwatch.StartNew();
-    var flood = await ExecAsync(http, session.Id, "head -c 100000000 /dev/zero | tr '\\0' 'x'", timeout: 300);
+    var flood = await Api.ExecAsync(http, session.Id, "head -c 100000000 /dev/zero | tr '\\0' 'x'", timeout: 300);
     var floodSeconds = floodWatch.Elapsed.TotalSeconds;
     sampling.Cancel();
     await sampler;
+    foreach (var id in sessions.Append(session.Id))
+    {
+        await http.DeleteAsync($"/v1/sessions/{id}");
+    }
+
+    // Idle sessions: host memory (MemAvailable) before and after N cold sessions (the pool's shape is not used) have
+    // settled, divided by N: supervisor, warm shell, containerd-shim, kernel objects, everything.
+    var idle = await IdleMemory.MeasureAsync(http, docker, idleSessions);
 
     Console.WriteLine();
     Console.WriteLine($"{"operation",-50} {"n",5} {"p50 ms",9} {"p90 ms",9} {"p99 ms",9}");
@@ -201,13 +222,11 @@ try
     Console.WriteLine();
     Console.WriteLine($"echo hello: SandboxKit p50 {echoStats.P50:0.00} ms back to back, {pacedStats.P50:0.00} ms paced, vs raw Docker exec p50 {rawStats.P50:0.00} ms -> {rawStats.P50 / echoStats.P50:0.0}x / {rawStats.P50 / pacedStats.P50:0.0}x faster");
     Console.WriteLine($"throughput: {perSecond:0} commands/s with {clients} concurrent clients over {throughputSeconds:0.0} s, {errors} errors");
-    Console.WriteLine($"spawn ceiling: {spawnCeiling:0} `{spawnShell} -c 'echo hello'`/s in the same {clients} sessions with no server or agent -> SandboxKit reaches {perSecond / spawnCeiling:P0} of it");
+    Console.WriteLine($"spawn ceiling: {spawnCeiling:0} `bash -c 'echo hello'`/s in the same {clients} sessions with no server -> SandboxKit reaches {perSecond / spawnCeiling:P0} of it");
+    Console.WriteLine($"cold create: p50 {coldStats.P50:0.0} ms vs raw Docker create + start of the same spec p50 {rawCreateStats.P50:0.0} ms -> {coldStats.P50 / rawCreateStats.P50 - 1:+0%;-0%}");
+    Console.WriteLine($"warm create: p50 {Stats.Of(warm).P50:0.00} ms");
+    Console.WriteLine(idle.Summary);
     Console.WriteLine($"100 MB output: {flood.StdoutBytes / 1e6:0} MB streamed in {floodSeconds:0.0} s, truncated={flood.Truncated}; process working set {before / 1e6:0} MB before, peak {peak / 1e6:0} MB during (+{(peak - before) / 1e6:0} MB)");
-
-    foreach (var id in sessions.Append(session.Id))
-    {
-        await http.DeleteAsync($"/v1/sessions/{id}");
-    }
 }
 finally
 {
@@ -221,20 +240,6 @@ finally
     {
         await docker.RemoveVolumeAsync(v.Name, CancellationToken.None);
     }
-}
-
-static async Task<SessionInfo> CreateAsync(HttpClient http, CreateSessionRequest request)
-{
-    var response = await http.PostAsJsonAsync("/v1/sessions", request, SandboxJsonContext.Default.CreateSessionRequest);
-    response.EnsureSuccessStatusCode();
-    return (await response.Content.ReadFromJsonAsync(SandboxJsonContext.Default.SessionInfo))!;
-}
-
-static async Task<ExecuteResult> ExecAsync(HttpClient http, string session, string command, double? timeout = null)
-{
-    var response = await http.PostAsJsonAsync($"/v1/sessions/{session}/commands", new ExecuteRequest { Command = command, TimeoutSeconds = timeout }, SandboxJsonContext.Default.ExecuteRequest);
-    response.EnsureSuccessStatusCode();
-    return (await response.Content.ReadFromJsonAsync(SandboxJsonContext.Default.ExecuteResult))!;
 }
 
 static async Task WaitForPoolAsync(WarmPool pool, int ready)

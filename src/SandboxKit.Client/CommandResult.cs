@@ -23,6 +23,9 @@ public sealed class CommandResult
         StderrBytes = result.StderrBytes;
         Duration = TimeSpan.FromMilliseconds(result.DurationMs);
         WorkingDirectory = result.WorkingDirectory;
+        UserCpuTime = TimeSpan.FromMilliseconds(result.CpuUserMs);
+        SystemCpuTime = TimeSpan.FromMilliseconds(result.CpuSystemMs);
+        PeakMemoryBytes = result.PeakMemoryBytes;
     }
 
     /// <summary>Exit status; 128 + signal number when a signal ended the command.</summary>
@@ -55,6 +58,18 @@ public sealed class CommandResult
     /// <summary>Working directory after the command (the session keeps it for the next one).</summary>
     public string? WorkingDirectory { get; }
 
+    /// <summary>User CPU time of the command's process tree (the shell and every child it waited for).</summary>
+    public TimeSpan UserCpuTime { get; }
+
+    /// <summary>System (kernel) CPU time of the command's process tree.</summary>
+    public TimeSpan SystemCpuTime { get; }
+
+    /// <summary>Total CPU time of the command's process tree: <see cref="UserCpuTime"/> + <see cref="SystemCpuTime"/>.</summary>
+    public TimeSpan CpuTime => UserCpuTime + SystemCpuTime;
+
+    /// <summary>Peak memory of the command's process tree, in bytes (0 when the server did not measure it).</summary>
+    public long PeakMemoryBytes { get; }
+
     /// <summary>True when the command exited with 0 and was neither timed out nor killed for memory.</summary>
     public bool Succeeded => ExitCode == 0 && !TimedOut && !OomKilled;
 
@@ -66,5 +81,5 @@ public sealed class CommandResult
     /// <inheritdoc />
     public override string ToString() =>
         $"exit {ExitCode}{(TimedOut ? ", timed out" : "")}{(OomKilled ? ", OOM-killed" : "")}{(Truncated ? ", truncated" : "")}, " +
-        $"{Duration.TotalMilliseconds:0} ms, stdout {StdoutBytes} B, stderr {StderrBytes} B";
+        $"{Duration.TotalMilliseconds:0} ms, CPU {CpuTime.TotalMilliseconds:0} ms, peak {PeakMemoryBytes / 1024} KiB, stdout {StdoutBytes} B, stderr {StderrBytes} B";
 }

@@ -68,8 +68,18 @@ public sealed record ExecuteResult
     /// <summary>Total bytes the command wrote to stderr.</summary>
     public required long StderrBytes { get; init; }
 
-    /// <summary>Wall-clock duration of the command in milliseconds.</summary>
+    /// <summary>Wall-clock duration of the command in milliseconds, measured by the server.</summary>
     public required double DurationMs { get; init; }
+
+    /// <summary>User CPU time of the command's process tree (the shell and every child it waited for), in milliseconds.</summary>
+    public double CpuUserMs { get; init; }
+
+    /// <summary>System CPU time of the command's process tree, in milliseconds.</summary>
+    public double CpuSystemMs { get; init; }
+
+    /// <summary>Peak memory of the command's process tree in bytes: the larger of its biggest process's peak resident set and the
+    /// sum of the tree's resident sets, sampled every 100 ms.</summary>
+    public long PeakMemoryBytes { get; init; }
 
     /// <summary>Working directory after the command.</summary>
     public string? WorkingDirectory { get; init; }

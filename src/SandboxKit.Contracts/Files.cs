@@ -30,4 +30,7 @@ public sealed record FileList
 
     /// <summary>Its entries, sorted by name.</summary>
     public required IReadOnlyList<FileEntry> Entries { get; init; }
+
+    /// <summary>True when the directory has more entries than the listing limit (10 000) and the rest were left out.</summary>
+    public bool Truncated { get; init; }
 }

@@ -33,6 +33,24 @@ public static class ProblemCodes
     /// <summary>The request conflicts with the current state (409), e.g. deleting storage of a user with live sessions.</summary>
     public const string Conflict = "conflict";
 
+    /// <summary>The session's in-sandbox supervisor does not answer or broke the protocol (503, with <c>Retry-After</c>).</summary>
+    public const string SupervisorUnavailable = "supervisor_unavailable";
+
+    /// <summary>The session runs a supervisor build this server did not bring, e.g. after an upgrade (409); recreate the session.</summary>
+    public const string SupervisorMismatch = "supervisor_mismatch";
+
+    /// <summary>The image cannot run the supervisor (no glibc, or one older than it needs) (422).</summary>
+    public const string ImageIncompatible = "image_incompatible";
+
+    /// <summary>The session's image lacks the interpreter a request needs, e.g. python3 for Python code (422).</summary>
+    public const string LanguageUnavailable = "language_unavailable";
+
+    /// <summary>The host would pass the operator's limits for committed memory or session count (503, with <c>Retry-After</c>).</summary>
+    public const string CapacityExhausted = "capacity_exhausted";
+
+    /// <summary>The sandbox's disk or quota is full (507).</summary>
+    public const string NoSpace = "no_space";
+
     /// <summary>An unexpected server error (500); the server log has the details.</summary>
     public const string Internal = "internal";
 }

@@ -12,6 +12,7 @@ namespace SandboxKit.Contracts;
 [JsonSerializable(typeof(SessionInfo))]
 [JsonSerializable(typeof(SessionList))]
 [JsonSerializable(typeof(SessionStats))]
+[JsonSerializable(typeof(ImageOffers))]
 [JsonSerializable(typeof(UsageReport))]
 [JsonSerializable(typeof(ExecuteRequest))]
 [JsonSerializable(typeof(RunCodeRequest))]

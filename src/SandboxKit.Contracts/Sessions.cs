@@ -84,6 +84,37 @@ public sealed record SessionInfo
 
     /// <summary>Path of the user's persistent storage inside the sandbox, when the session has a user id.</summary>
     public string? PersistentStoragePath { get; init; }
+
+    /// <summary>What the session's image offers (interpreters and their versions), as its supervisor found it.</summary>
+    public ImageOffers? Offers { get; init; }
+
+    /// <summary>The version of the supervisor running in the session.</summary>
+    public string? SupervisorVersion { get; init; }
+}
+
+/// <summary>
+/// What a session's image offers. A version is null when the program is absent, and empty when it is present but its
+/// version is not known yet (<see cref="Probed"/> false).
+/// </summary>
+public sealed record ImageOffers
+{
+    /// <summary>False until the supervisor has run the interpreters to learn their versions.</summary>
+    public bool Probed { get; init; }
+
+    /// <summary>Version of the bash commands run with (SandboxKit brings a static bash, so it is always there).</summary>
+    public string? Bash { get; init; }
+
+    /// <summary>Version of the image's own bash, if it has one.</summary>
+    public string? ImageBash { get; init; }
+
+    /// <summary>Version of the image's <c>python3</c>, if it has one.</summary>
+    public string? Python3 { get; init; }
+
+    /// <summary>True when <c>python3</c> can import IPython.</summary>
+    public bool IPython { get; init; }
+
+    /// <summary>Version of the image's <c>node</c>, if it has one.</summary>
+    public string? Node { get; init; }
 }
 
 /// <summary>Result of listing sessions.</summary>
@@ -135,6 +166,12 @@ public sealed record UsageReport
 
     /// <summary>Bytes commands wrote to stdout and stderr.</summary>
     public required long OutputBytes { get; init; }
+
+    /// <summary>CPU time (user + system) of the commands' process trees, in seconds.</summary>
+    public double CpuSeconds { get; init; }
+
+    /// <summary>The largest peak memory of any one command's process tree, in bytes.</summary>
+    public long PeakMemoryBytes { get; init; }
 
     /// <summary>Since when these counters run.</summary>
     public required DateTimeOffset Since { get; init; }

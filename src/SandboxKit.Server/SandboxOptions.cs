@@ -105,4 +105,39 @@ public sealed class SandboxOptions
 
     /// <summary>Label value that marks this server's containers; servers sharing an engine need different values.</summary>
     public string InstanceName { get; set; } = "default";
+
+    /// <summary>The supervisor bundle directory (empty: <c>supervisor/</c> next to the server binary, where the build puts it).</summary>
+    public string? SupervisorBundlePath { get; set; }
+
+    /// <summary>How the server reaches supervisors: <c>auto</c> (directly through the container's root on a local engine, else
+    /// through <c>docker exec</c>), <c>direct</c> or <c>relay</c>.</summary>
+    [RegularExpression("^(auto|direct|relay)$")]
+    public string SupervisorTransport { get; set; } = "auto";
+
+    /// <summary>Flow-control window per command and direction (bytes): what a slow reader lets a command get ahead of it.</summary>
+    [Range(16 * 1024, 16 << 20)]
+    public int SupervisorWindowBytes { get; set; } = 256 * 1024;
+
+    /// <summary>Longest wait for a new container's supervisor to answer (seconds).</summary>
+    [Range(1, 600)]
+    public double SupervisorConnectTimeoutSeconds { get; set; } = 20;
+
+    /// <summary>Pre-started shells: 0 off, 1 after each command (default), 2 also when one is taken.</summary>
+    [Range(0, 2)]
+    public int SupervisorWarmShells { get; set; } = 1;
+
+    /// <summary>The uid commands run as, whether or not the image names it.</summary>
+    [Range(1, 65534)]
+    public int CommandUid { get; set; } = 1000;
+
+    /// <summary>The gid commands run as.</summary>
+    [Range(1, 65534)]
+    public int CommandGid { get; set; } = 1000;
+
+    /// <summary>The command user's home (a tmpfs).</summary>
+    public string HomePath { get; set; } = "/home/sandbox";
+
+    /// <summary>Longest command text accepted (bytes of UTF-8); longer is a 413.</summary>
+    [Range(1024, 900 * 1024)]
+    public int MaxCommandBytes { get; set; } = 512 * 1024;
 }

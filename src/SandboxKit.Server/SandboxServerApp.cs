@@ -7,6 +7,7 @@ using SandboxKit.Server.Engine;
 using SandboxKit.Server.Exec;
 using SandboxKit.Server.Mcp;
 using SandboxKit.Server.Sessions;
+using SandboxKit.Server.Supervisor;
 
 namespace SandboxKit.Server;
 
@@ -66,11 +67,16 @@ public static class SandboxServerApp
         builder.Services.AddSingleton<IContainerEngine>(sp => new DockerEngine(
             sp.GetRequiredService<IOptions<SandboxOptions>>().Value.DockerEndpoint is { Length: > 0 } endpoint ? endpoint : DockerEngine.DefaultEndpoint,
             sp.GetRequiredService<ILogger<DockerEngine>>()));
+        builder.Services.AddSingleton<SupervisorBundle>();
+        builder.Services.AddSingleton<SupervisorDialer>();
         builder.Services.AddSingleton<ContainerSpecFactory>();
         builder.Services.AddSingleton<UsageMeter>();
-        builder.Services.AddSingleton<SessionManager>();
-        builder.Services.AddSingleton<CommandService>();
+        builder.Services.AddSingleton<SessionRegistry>();
+        builder.Services.AddSingleton<SessionLifecycle>();
+        builder.Services.AddSingleton<SessionCreator>();
+        builder.Services.AddSingleton<CommandRunner>();
         builder.Services.AddSingleton<FileService>();
+        builder.Services.AddSingleton<JobService>();
         builder.Services.AddSingleton<WarmPool>();
         // Order matters: the reaper adopts existing sessions in its StartAsync, before the pool starts containers.
         builder.Services.AddHostedService<SessionReaper>();
@@ -81,6 +87,8 @@ public static class SandboxServerApp
 
         var app = builder.Build();
         RefuseOpenBindWithoutKeys(app);
+        // A server without its supervisor bundle cannot run a single command: say so at start, not at the first create.
+        app.Services.GetRequiredService<SupervisorBundle>().Validate();
 
         app.UseExceptionHandler();
         app.UseStatusCodePages();

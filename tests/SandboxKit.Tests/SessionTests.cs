@@ -47,7 +47,7 @@ public sealed class SessionTests
             Assert.That(lines[3], Is.EqualTo("NoNewPrivs:\t1"));
             Assert.That(lines[4], Does.Contain("Read-only file system"));
             Assert.That(lines[5], Is.EqualTo("writable"));
-            Assert.That(lines[6], Is.EqualTo("tini"));
+            Assert.That(lines[6], Is.EqualTo("sandboxkit-agen"), "the supervisor is the init (comm is cut at 15 characters)");
         });
         var inspect = await Engine.Docker.InspectContainerAsync(await ContainerOfAsync(session.Id), CancellationToken.None);
         Assert.That(inspect!.Labels["org.sandboxkit.instance"], Is.EqualTo(_host.Instance));

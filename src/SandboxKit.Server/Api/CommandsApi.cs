@@ -5,6 +5,7 @@ using SandboxKit.Contracts;
 using SandboxKit.Server.Auth;
 using SandboxKit.Server.Exec;
 using SandboxKit.Server.Sessions;
+using SandboxKit.Server.Supervisor;
 
 namespace SandboxKit.Server.Api;
 
@@ -16,47 +17,60 @@ internal static class CommandsApi
     {
         var group = app.MapGroup("/v1/sessions/{id}").WithTags("Commands").RequireTenant();
         group.MapPost("/commands", ExecuteAsync)
-            .WithSummary("Run a bash command in the session's shell state and wait for its result (non-zero exit is a normal result).");
+            .WithSummary("Run a bash command in the session's shell state and wait for its result (non-zero exit is a normal result).")
+            .ProducesStandardProblems();
         group.MapPost("/commands/stream", StreamAsync)
             .WithSummary("Run a command and stream its events as Server-Sent Events; disconnecting kills the command.")
-            .Produces(StatusCodes.Status200OK, contentType: "text/event-stream");
+            .Produces(StatusCodes.Status200OK, contentType: "text/event-stream")
+            .ProducesStandardProblems();
         group.MapPost("/code", RunCodeAsync)
-            .WithSummary("Run python, node or bash source text as a file with its interpreter.");
+            .WithSummary("Run python, node or bash source text as a file with its interpreter (422 when the image lacks it).")
+            .ProducesStandardProblems();
         return group;
     }
 
     private static async Task<Ok<ExecuteResult>> ExecuteAsync(
-        HttpContext http, SessionManager sessions, CommandService commands, string id, ExecuteRequest request, CancellationToken cancellationToken)
+        HttpContext http, SessionRegistry sessions, CommandRunner commands, string id, ExecuteRequest request, CancellationToken cancellationToken)
     {
         var session = sessions.Get(http.GetTenant(), id);
-        return TypedResults.Ok(await commands.ExecuteAsync(session, commands.ToAgentRequest(session, request), cancellationToken));
+        var run = commands.ToRunRequest(request, http.GetIdempotencyToken());
+        return TypedResults.Ok(await commands.ExecuteAsync(session, run, cancellationToken));
     }
 
     private static async Task<Ok<ExecuteResult>> RunCodeAsync(
-        HttpContext http, SessionManager sessions, CommandService commands, string id, RunCodeRequest request, CancellationToken cancellationToken)
+        HttpContext http, SessionRegistry sessions, CommandRunner commands, string id, RunCodeRequest request, CancellationToken cancellationToken)
     {
         var session = sessions.Get(http.GetTenant(), id);
-        return TypedResults.Ok(await commands.ExecuteAsync(session, commands.ToAgentRequest(session, request), cancellationToken));
+        var run = await commands.ToRunRequestAsync(session, request, http.GetIdempotencyToken(), cancellationToken);
+        return TypedResults.Ok(await commands.ExecuteAsync(session, run, cancellationToken));
     }
 
     private static async Task StreamAsync(
-        HttpContext http, SessionManager sessions, CommandService commands, string id, ExecuteRequest request, CancellationToken cancellationToken)
+        HttpContext http, SessionRegistry sessions, CommandRunner commands, string id, ExecuteRequest request, CancellationToken cancellationToken)
     {
         var session = sessions.Get(http.GetTenant(), id);
-        var agentRequest = commands.ToAgentRequest(session, request);
+        var run = commands.ToRunRequest(request);
+        // Problems before the first byte are ordinary problem responses.
+        await using var handle = await commands.StartAsync(session, run, cancellationToken);
         await using var stream = new ServerSentEvents(http.Response);
         await stream.StartAsync(cancellationToken);
         using var keepAlive = stream.StartKeepAlive(KeepAliveInterval, cancellationToken);
         try
         {
-            var result = await commands.RunAsync(session, agentRequest, stream.WriteAsync, cancellationToken);
-            await stream.WriteAsync(new CommandEvent { Type = CommandEventTypes.Exited, Result = result });
+            // Each event is written (and flushed) before the next is read: a client that stops reading holds back
+            // this command's output in the sandbox, and nothing else.
+            await foreach (var e in handle.ReadEventsAsync(cancellationToken))
+            {
+                await stream.WriteAsync(e, cancellationToken);
+            }
         }
         catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
         {
-            // Headers are gone; the failure travels as the stream's last event.
-            var message = e is ApiProblemException p ? p.Detail ?? p.Title : e.Message;
-            await stream.WriteAsync(new CommandEvent { Type = CommandEventTypes.Error, Error = message });
+            if (!cancellationToken.IsCancellationRequested && e is not IOException)
+            {
+                // Headers are gone; the failure travels as the stream's last event.
+                await stream.WriteAsync(new CommandEvent { Type = CommandEventTypes.Error, Error = ProblemExceptionHandler.StreamMessage(e) }, CancellationToken.None);
+            }
         }
     }
 }
@@ -76,15 +90,15 @@ internal sealed class ServerSentEvents(HttpResponse response) : IAsyncDisposable
         await response.Body.FlushAsync(cancellationToken);
     }
 
-    public async ValueTask WriteAsync(CommandEvent e)
+    public async ValueTask WriteAsync(CommandEvent e, CancellationToken cancellationToken = default)
     {
         var json = JsonSerializer.Serialize(e, SandboxJsonContext.Default.CommandEvent);
         var bytes = Encoding.UTF8.GetBytes($"event: {e.Type}\ndata: {json}\n\n");
-        await _lock.WaitAsync();
+        await _lock.WaitAsync(cancellationToken);
         try
         {
-            await response.Body.WriteAsync(bytes);
-            await response.Body.FlushAsync();
+            await response.Body.WriteAsync(bytes, cancellationToken);
+            await response.Body.FlushAsync(cancellationToken);
             _lastWrite = Environment.TickCount64;
         }
         finally

@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.Extensions.Options;
 using SandboxKit.Contracts;
 using SandboxKit.Server.Auth;
+using SandboxKit.Server.Domain;
 using SandboxKit.Server.Exec;
 using SandboxKit.Server.Sessions;
 
@@ -24,7 +25,7 @@ internal static class FilesApi
     }
 
     private static async Task<Created<FileEntry>> UploadRawAsync(
-        HttpContext http, SessionManager sessions, FileService files, IOptions<SandboxOptions> options, string id, string? path, CancellationToken cancellationToken)
+        HttpContext http, SessionRegistry sessions, FileService files, IOptions<SandboxOptions> options, string id, string? path, CancellationToken cancellationToken)
     {
         var session = sessions.Get(http.GetTenant(), id);
         var target = FileService.Resolve(path);
@@ -35,20 +36,20 @@ internal static class FilesApi
     }
 
     private static async Task<Created<FileList>> UploadMultipartAsync(
-        HttpContext http, SessionManager sessions, FileService files, IOptions<SandboxOptions> options, string id, string? path, CancellationToken cancellationToken)
+        HttpContext http, SessionRegistry sessions, FileService files, IOptions<SandboxOptions> options, string id, string? path, CancellationToken cancellationToken)
     {
         var session = sessions.Get(http.GetTenant(), id);
         var directory = FileService.Resolve(path ?? "/workspace");
         if (!http.Request.HasFormContentType)
         {
-            throw ApiProblemException.Invalid("Send multipart/form-data with one or more files, or PUT the raw bytes.");
+            throw SandboxError.Invalid("Send multipart/form-data with one or more files, or PUT the raw bytes.");
         }
         var max = options.Value.MaxFileBytes;
         AllowBody(http, max);
         var form = await http.Request.ReadFormAsync(cancellationToken);
         if (form.Files.Count == 0)
         {
-            throw ApiProblemException.Invalid("The form has no files.");
+            throw SandboxError.Invalid("The form has no files.");
         }
         var entries = new List<FileEntry>();
         foreach (var file in form.Files)
@@ -56,7 +57,7 @@ internal static class FilesApi
             var name = Path.GetFileName(file.FileName);
             if (string.IsNullOrEmpty(name) || name is "." or "..")
             {
-                throw ApiProblemException.Invalid($"'{file.FileName}' is not a usable file name.");
+                throw SandboxError.Invalid($"'{file.FileName}' is not a usable file name.");
             }
             await using var content = file.OpenReadStream();
             entries.Add(await files.WriteAsync(session, directory.TrimEnd('/') + "/" + name, content, max, cancellationToken));
@@ -64,36 +65,36 @@ internal static class FilesApi
         return TypedResults.Created($"/v1/sessions/{id}/files/list?path={Uri.EscapeDataString(directory)}", new FileList { Path = directory, Entries = entries });
     }
 
-    private static async Task DownloadAsync(HttpContext http, SessionManager sessions, FileService files, string id, string? path, CancellationToken cancellationToken)
+    private static async Task DownloadAsync(HttpContext http, SessionRegistry sessions, FileService files, string id, string? path, CancellationToken cancellationToken)
     {
         var session = sessions.Get(http.GetTenant(), id);
         var target = FileService.Resolve(path);
         await files.ReadAsync(session, target, http.Response.Body, () =>
         {
             http.Response.ContentType = "application/octet-stream";
-            http.Response.Headers.ContentDisposition = $"attachment; filename=\"{Path.GetFileName(target).Replace("\"", "", StringComparison.Ordinal)}\"";
+            http.Response.Headers.ContentDisposition = ContentDisposition(Path.GetFileName(target));
         }, cancellationToken);
     }
 
-    private static async Task<Ok<FileList>> ListAsync(HttpContext http, SessionManager sessions, FileService files, string id, string? path, CancellationToken cancellationToken)
+    private static async Task<Ok<FileList>> ListAsync(HttpContext http, SessionRegistry sessions, FileService files, string id, string? path, CancellationToken cancellationToken)
     {
         var session = sessions.Get(http.GetTenant(), id);
         return TypedResults.Ok(await files.ListAsync(session, FileService.Resolve(path ?? "/workspace"), cancellationToken));
     }
 
-    private static async Task<NoContent> DeleteAsync(HttpContext http, SessionManager sessions, FileService files, string id, string? path, bool? recursive, CancellationToken cancellationToken)
+    private static async Task<NoContent> DeleteAsync(HttpContext http, SessionRegistry sessions, FileService files, string id, string? path, bool? recursive, CancellationToken cancellationToken)
     {
         var session = sessions.Get(http.GetTenant(), id);
         var target = FileService.Resolve(path);
         if (target == "/")
         {
-            throw ApiProblemException.Invalid("Refusing to delete '/'.");
+            throw SandboxError.Invalid("Refusing to delete '/'.");
         }
         await files.DeleteAsync(session, target, recursive ?? false, cancellationToken);
         return TypedResults.NoContent();
     }
 
-    private static async Task<Created<FileEntry>> MakeDirectoryAsync(HttpContext http, SessionManager sessions, FileService files, string id, string? path, CancellationToken cancellationToken)
+    private static async Task<Created<FileEntry>> MakeDirectoryAsync(HttpContext http, SessionRegistry sessions, FileService files, string id, string? path, CancellationToken cancellationToken)
     {
         var session = sessions.Get(http.GetTenant(), id);
         var target = FileService.Resolve(path);
@@ -101,11 +102,26 @@ internal static class FilesApi
         return TypedResults.Created($"/v1/sessions/{id}/files/list?path={Uri.EscapeDataString(target)}", entry);
     }
 
+    /// <summary>
+    /// <c>attachment</c> with an ASCII <c>filename</c> for old clients and the exact name as RFC 5987 <c>filename*</c>:
+    /// header values must be ASCII, and sandbox file names can be anything but NUL and '/'.
+    /// </summary>
+    internal static string ContentDisposition(string name)
+    {
+        var fallback = new string(name.Select(c => c is >= ' ' and < (char)127 and not '"' and not '\\' and not ';' ? c : '_').ToArray());
+        var header = new Microsoft.Net.Http.Headers.ContentDispositionHeaderValue("attachment") { FileName = "\"" + (fallback.Length > 0 ? fallback : "download") + "\"" };
+        if (fallback != name)
+        {
+            header.FileNameStar = name;
+        }
+        return header.ToString();
+    }
+
     private static void AllowBody(HttpContext http, long max)
     {
         if (http.Request.ContentLength > max)
         {
-            throw new ApiProblemException(StatusCodes.Status413PayloadTooLarge, ProblemCodes.PayloadTooLarge, "File too large", $"Files are limited to {max} bytes.");
+            throw SandboxError.TooLarge("File too large", $"Files are limited to {max} bytes.");
         }
         if (http.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } feature)
         {

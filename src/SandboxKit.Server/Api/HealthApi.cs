@@ -1,6 +1,7 @@
 using Microsoft.AspNetCore.Http.HttpResults;
 using SandboxKit.Contracts;
 using SandboxKit.Server.Engine;
+using SandboxKit.Server.Sessions;
 
 namespace SandboxKit.Server.Api;
 
@@ -57,13 +58,4 @@ internal static class HealthApi
             ? TypedResults.Ok(report)
             : TypedResults.Json(report, SandboxJsonContext.Default.HealthReport, statusCode: StatusCodes.Status503ServiceUnavailable);
     }
-}
-
-/// <summary>The resolved default sandbox image and the allow-list.</summary>
-internal sealed class SandboxImage(Microsoft.Extensions.Options.IOptions<SandboxOptions> options)
-{
-    public string Default { get; } = string.IsNullOrWhiteSpace(options.Value.Image) ? ServerInfo.DefaultImage : options.Value.Image!;
-
-    public bool IsAllowed(string image) =>
-        string.Equals(image, Default, StringComparison.Ordinal) || options.Value.AllowedImages.Contains(image, StringComparer.Ordinal);
 }

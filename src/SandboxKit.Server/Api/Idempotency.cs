@@ -3,6 +3,8 @@ using System.Security.Cryptography;
 using System.Text;
 using Microsoft.Extensions.Options;
 using SandboxKit.Contracts;
+using SandboxKit.Server.Domain;
+using SandboxKit.Server.Exec;
 
 namespace SandboxKit.Server.Api;
 
@@ -31,11 +33,14 @@ internal sealed class IdempotencyMiddleware(RequestDelegate next, IOptions<Sandb
         }
         if (key.Length > 256)
         {
-            throw ApiProblemException.Invalid("Idempotency-Key is longer than 256 characters.");
+            throw SandboxError.Invalid("Idempotency-Key is longer than 256 characters.");
         }
 
         var fingerprint = await FingerprintAsync(context.Request);
         var cacheKey = string.Join('\n', Caller(context.Request), context.Request.Path.Value, key);
+        // The supervisor remembers keyed commands across server restarts: it gets a digest, never the caller's key.
+        context.SetIdempotencyToken(new IdempotencyToken(
+            Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(cacheKey)))[..40], fingerprint));
         var now = time.GetUtcNow();
         Sweep(now);
         var mine = new Entry(fingerprint, now);

@@ -1,6 +1,7 @@
 using Microsoft.AspNetCore.Http.HttpResults;
 using SandboxKit.Contracts;
 using SandboxKit.Server.Auth;
+using SandboxKit.Server.Domain;
 using SandboxKit.Server.Exec;
 using SandboxKit.Server.Sessions;
 
@@ -8,7 +9,7 @@ namespace SandboxKit.Server.Api;
 
 /// <summary>
 /// The original Python sandbox's three calls, unchanged in shape, so its client and curl lines keep working.
-/// They run on the same sessions and agent exec path as v1.
+/// They run on the same sessions and command path as v1.
 /// </summary>
 internal static class SeedApi
 {
@@ -21,32 +22,32 @@ internal static class SeedApi
         return app;
     }
 
-    private static async Task<Ok<SeedCreateSessionResponse>> CreateAsync(HttpContext http, SessionManager sessions, CancellationToken cancellationToken)
+    private static async Task<Ok<SeedCreateSessionResponse>> CreateAsync(HttpContext http, SessionCreator creator, CancellationToken cancellationToken)
     {
-        var session = await sessions.CreateAsync(http.GetTenant(), new CreateSessionRequest(), cancellationToken);
+        var session = await creator.CreateAsync(http.GetTenant(), new CreateSessionRequest(), cancellationToken);
         return TypedResults.Ok(new SeedCreateSessionResponse(session.Id, "created"));
     }
 
     private static async Task<Ok<SeedExecuteResponse>> ExecuteAsync(
-        HttpContext http, SessionManager sessions, CommandService commands, SeedExecuteRequest request, CancellationToken cancellationToken)
+        HttpContext http, SessionRegistry sessions, CommandRunner commands, SeedExecuteRequest request, CancellationToken cancellationToken)
     {
         if (string.IsNullOrEmpty(request.SessionId) || request.Command is null)
         {
-            throw ApiProblemException.Invalid("session_id and command are required.");
+            throw SandboxError.Invalid("session_id and command are required.");
         }
         var session = sessions.Get(http.GetTenant(), request.SessionId);
-        var agentRequest = commands.ToAgentRequest(session, new ExecuteRequest { Command = request.Command, MergeStderr = true });
-        var result = await commands.ExecuteAsync(session, agentRequest, cancellationToken);
+        var run = commands.ToRunRequest(new ExecuteRequest { Command = request.Command, MergeStderr = true }, http.GetIdempotencyToken());
+        var result = await commands.ExecuteAsync(session, run, cancellationToken);
         return TypedResults.Ok(new SeedExecuteResponse(result.ExitCode, result.Stdout));
     }
 
-    private static async Task<Ok<SeedCleanupResponse>> CleanupAsync(HttpContext http, SessionManager sessions, SeedCleanupRequest request)
+    private static async Task<Ok<SeedCleanupResponse>> CleanupAsync(HttpContext http, SessionRegistry sessions, SessionLifecycle lifecycle, SeedCleanupRequest request)
     {
         if (string.IsNullOrEmpty(request.SessionId))
         {
-            throw ApiProblemException.Invalid("session_id is required.");
+            throw SandboxError.Invalid("session_id is required.");
         }
-        await sessions.DeleteAsync(sessions.Get(http.GetTenant(), request.SessionId), "cleanup by request");
+        await lifecycle.DeleteAsync(sessions.Get(http.GetTenant(), request.SessionId), "cleanup by request");
         return TypedResults.Ok(new SeedCleanupResponse("cleaned up"));
     }
 }

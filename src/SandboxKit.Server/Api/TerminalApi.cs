@@ -3,7 +3,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using SandboxKit.Contracts;
-using SandboxKit.Server.Agent;
+using SandboxKit.Server.Domain;
 using SandboxKit.Server.Auth;
 using SandboxKit.Server.Exec;
 using SandboxKit.Server.Sessions;
@@ -31,12 +31,12 @@ internal static class TerminalApi
         return app;
     }
 
-    private static async Task RunOverWebSocketAsync(HttpContext http, SessionManager sessions, CommandService commands, string id)
+    private static async Task RunOverWebSocketAsync(HttpContext http, SessionRegistry sessions, CommandRunner commands, string id)
     {
         var session = sessions.Get(http.GetTenant(), id);
         if (!http.WebSockets.IsWebSocketRequest)
         {
-            throw ApiProblemException.Invalid("This endpoint needs a WebSocket upgrade.");
+            throw SandboxError.Invalid("This endpoint needs a WebSocket upgrade.");
         }
         using var socket = await http.WebSockets.AcceptWebSocketAsync();
         var aborted = http.RequestAborted;
@@ -58,38 +58,27 @@ internal static class TerminalApi
         }
 
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(aborted);
-        var sendLock = new SemaphoreSlim(1, 1);
-        async ValueTask Send(CommandEvent e)
-        {
-            var bytes = JsonSerializer.SerializeToUtf8Bytes(e, SandboxJsonContext.Default.CommandEvent);
-            await sendLock.WaitAsync(stop.Token);
-            try
-            {
-                await socket.SendAsync(bytes, WebSocketMessageType.Text, true, stop.Token);
-            }
-            finally
-            {
-                sendLock.Release();
-            }
-        }
-
         Task? inbound = null;
+        CommandHandle? handle = null;
         try
         {
-            var agentRequest = commands.ToAgentRequest(session, request) with { Stdin = request.Stdin is null ? "pipe" : null };
-            var result = await commands.RunAsync(session, agentRequest, Send, stop.Token,
-                onOpened: channel => inbound = PumpInboundAsync(socket, channel, stop));
-            await Send(new CommandEvent { Type = CommandEventTypes.Exited, Result = result });
+            handle = await commands.StartAsync(session, commands.ToRunRequest(request, pipeStdin: true), stop.Token);
+            inbound = PumpInboundAsync(socket, handle, stop);
+            // One message at a time: a client that stops reading holds back this command's output in the sandbox.
+            await foreach (var e in handle.ReadEventsAsync(stop.Token))
+            {
+                await SendAsync(socket, e, stop.Token);
+            }
             await socket.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "exited", CancellationToken.None);
         }
-        catch (Exception e) when (e is not OperationCanceledException && socket.State == WebSocketState.Open)
+        catch (Exception e) when (e is not OperationCanceledException and not WebSocketException && socket.State == WebSocketState.Open)
         {
-            await Send(new CommandEvent { Type = CommandEventTypes.Error, Error = e is ApiProblemException p ? p.Detail ?? p.Title : e.Message });
+            await SendAsync(socket, new CommandEvent { Type = CommandEventTypes.Error, Error = ProblemExceptionHandler.StreamMessage(e) }, CancellationToken.None);
             await socket.CloseOutputAsync(WebSocketCloseStatus.InternalServerError, "error", CancellationToken.None);
         }
         catch (Exception e) when (e is OperationCanceledException or WebSocketException)
         {
-            // The client left: the command was killed by the cancellation.
+            // The client left: disposing the handle kills the command.
         }
         finally
         {
@@ -104,10 +93,17 @@ internal static class TerminalApi
             {
                 await inbound.ContinueWith(_ => { }, TaskScheduler.Default);
             }
+            if (handle is not null)
+            {
+                await handle.DisposeAsync();
+            }
         }
     }
 
-    private static async Task PumpInboundAsync(WebSocket socket, AgentChannel channel, CancellationTokenSource stop)
+    private static Task SendAsync(WebSocket socket, CommandEvent e, CancellationToken cancellationToken) =>
+        socket.SendAsync(JsonSerializer.SerializeToUtf8Bytes(e, SandboxJsonContext.Default.CommandEvent), WebSocketMessageType.Text, true, cancellationToken);
+
+    private static async Task PumpInboundAsync(WebSocket socket, CommandHandle handle, CancellationTokenSource stop)
     {
         try
         {
@@ -123,19 +119,19 @@ internal static class TerminalApi
                 var message = JsonSerializer.Deserialize(text, TerminalJsonContext.Default.TerminalInput);
                 if (message?.Stdin is { Length: > 0 } stdin)
                 {
-                    await channel.SendAsync(FrameType.StdinData, Encoding.UTF8.GetBytes(stdin), stop.Token);
+                    await handle.WriteStdinAsync(Encoding.UTF8.GetBytes(stdin), stop.Token);
                 }
                 if (message?.CloseStdin == true)
                 {
-                    await channel.SendAsync(FrameType.StdinClose, ReadOnlyMemory<byte>.Empty, stop.Token);
+                    await handle.CloseStdinAsync(stop.Token);
                 }
                 if (message?.Signal is int signal and > 0 and < 65)
                 {
-                    await channel.SendAsync(FrameType.Kill, Encoding.UTF8.GetBytes($"{{\"signal\":{signal}}}"), stop.Token);
+                    await handle.SignalAsync(signal, stop.Token);
                 }
             }
         }
-        catch (Exception e) when (e is OperationCanceledException or WebSocketException or JsonException or AgentUnavailableException)
+        catch (Exception e) when (e is OperationCanceledException or WebSocketException or JsonException or SandboxError)
         {
         }
     }

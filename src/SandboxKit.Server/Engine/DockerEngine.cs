@@ -16,12 +16,15 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
     public DockerEngine(string endpoint, ILogger<DockerEngine> logger)
     {
         Endpoint = endpoint;
+        IsLocal = endpoint.StartsWith("unix://", StringComparison.Ordinal);
         _logger = logger;
         // No default timeout: attach streams live as long as their session; every call passes a token instead.
         _client = new DockerClientConfiguration(new Uri(endpoint), defaultTimeout: Timeout.InfiniteTimeSpan).CreateClient();
     }
 
     public string Endpoint { get; }
+
+    public bool IsLocal { get; }
 
     /// <summary>The endpoint from <c>DOCKER_HOST</c>, else the local socket.</summary>
     public static string DefaultEndpoint =>
@@ -56,11 +59,67 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
             await _client.Containers.StartContainerAsync(created.ID, new ContainerStartParameters(), cancellationToken).ConfigureAwait(false);
             return created.ID;
         }
+        catch (DockerApiException e) when (e.StatusCode is HttpStatusCode.BadRequest or HttpStatusCode.InternalServerError)
+        {
+            // The runtime could not exec the entrypoint (e.g. the image lacks the libraries it links against).
+            await RemoveContainerAsync(created.ID, CancellationToken.None).ConfigureAwait(false);
+            throw new ContainerStartException(ResponseMessage(e), e);
+        }
         catch
         {
             // A container that never started must not outlive the failed request.
             await RemoveContainerAsync(created.ID, CancellationToken.None).ConfigureAwait(false);
             throw;
+        }
+    });
+
+    public Task<string> CreateCarrierAsync(string name, string image, IReadOnlyDictionary<string, string> labels, IReadOnlyList<VolumeMount> volumes, CancellationToken cancellationToken) => Guard(async () =>
+    {
+        var created = await _client.Containers.CreateContainerAsync(new CreateContainerParameters
+        {
+            Name = name,
+            Image = image,
+            Labels = labels.ToDictionary(),
+            // Never started: the entrypoint only has to be a valid array.
+            Entrypoint = ["/nonexistent-sandboxkit-carrier"],
+            Cmd = [],
+            NetworkDisabled = true,
+            HostConfig = new HostConfig
+            {
+                NetworkMode = "none",
+                Mounts = volumes.Select(v => new Mount { Type = "volume", Source = v.Source, Target = v.Target, ReadOnly = v.ReadOnly }).ToList(),
+                LogConfig = new LogConfig { Type = "none" },
+            },
+        }, cancellationToken).ConfigureAwait(false);
+        return created.ID;
+    });
+
+    public Task PutArchiveAsync(string containerId, string path, Stream tar, CancellationToken cancellationToken) => Guard(async () =>
+    {
+        try
+        {
+            await _client.Containers.ExtractArchiveToContainerAsync(containerId, new ContainerPathStatParameters { Path = path, AllowOverwriteDirWithFile = false }, tar, cancellationToken)
+                .ConfigureAwait(false);
+        }
+        catch (DockerContainerNotFoundException e)
+        {
+            throw new ContainerGoneException(containerId, e);
+        }
+        return true;
+    });
+
+    public Task<Stream?> GetArchiveAsync(string containerId, string path, CancellationToken cancellationToken) => Guard(async () =>
+    {
+        try
+        {
+            var response = await _client.Containers.GetArchiveFromContainerAsync(containerId, new GetArchiveFromContainerParameters { Path = path }, statOnly: false, cancellationToken)
+                .ConfigureAwait(false);
+            return response.Stream;
+        }
+        catch (DockerContainerNotFoundException)
+        {
+            // Docker answers 404 both for a missing container and for a missing path in it.
+            return (Stream?)null;
         }
     });
 
@@ -74,7 +133,10 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
                 c.Name.TrimStart('/'),
                 c.State.Running,
                 c.State.OOMKilled,
-                c.Config.Labels?.AsReadOnly() ?? ReadOnlyEmpty);
+                c.Config.Labels?.AsReadOnly() ?? ReadOnlyEmpty,
+                (int)c.State.Pid,
+                c.State.ExitCode,
+                string.IsNullOrEmpty(c.State.Error) ? null : c.State.Error);
         }
         catch (DockerContainerNotFoundException)
         {
@@ -123,22 +185,27 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
         return true;
     });
 
-    public Task<IAttachedStream> AttachAsync(string containerId, CancellationToken cancellationToken) => Guard(async () =>
+    public Task<Stream> ExecStreamAsync(string containerId, IReadOnlyList<string> argv, string user, CancellationToken cancellationToken) => Guard(async () =>
     {
-        MultiplexedStream stream;
+        ContainerExecCreateResponse exec;
         try
         {
-            stream = await _client.Containers.AttachContainerAsync(
+            exec = await _client.Exec.ExecCreateContainerAsync(
                 containerId,
-                tty: false,
-                new ContainerAttachParameters { Stream = true, Stdin = true, Stdout = true, Stderr = true },
+                new ContainerExecCreateParameters { Cmd = argv.ToList(), User = user, AttachStdin = true, AttachStdout = true, AttachStderr = true, Tty = false },
                 cancellationToken).ConfigureAwait(false);
         }
         catch (DockerContainerNotFoundException e)
         {
             throw new ContainerGoneException(containerId, e);
         }
-        return (IAttachedStream)new AttachedStream(stream, containerId, _logger);
+        catch (DockerApiException e) when (e.StatusCode == HttpStatusCode.Conflict)
+        {
+            // "container is not running"
+            throw new ContainerGoneException(containerId, e);
+        }
+        var stream = await _client.Exec.StartAndAttachContainerExecAsync(exec.ID, tty: false, cancellationToken).ConfigureAwait(false);
+        return (Stream)new ExecStream(stream);
     });
 
     public Task<ExecOutcome> ExecAsync(string containerId, IReadOnlyList<string> argv, CancellationToken cancellationToken) => Guard(async () =>
@@ -213,6 +280,19 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
         return (IReadOnlyList<VolumeState>)(response.Volumes?.Select(v => new VolumeState(v.Name, v.Labels?.AsReadOnly() ?? ReadOnlyEmpty)).ToList() ?? []);
     });
 
+    public Task<VolumeState?> InspectVolumeAsync(string name, CancellationToken cancellationToken) => Guard(async () =>
+    {
+        try
+        {
+            var v = await _client.Volumes.InspectAsync(name, cancellationToken).ConfigureAwait(false);
+            return (VolumeState?)new VolumeState(v.Name, v.Labels?.AsReadOnly() ?? ReadOnlyEmpty);
+        }
+        catch (DockerApiException e) when (e.StatusCode == HttpStatusCode.NotFound)
+        {
+            return null;
+        }
+    });
+
     public Task RemoveVolumeAsync(string name, CancellationToken cancellationToken) => Guard(async () =>
     {
         try
@@ -221,6 +301,10 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
         }
         catch (DockerApiException e) when (e.StatusCode == HttpStatusCode.NotFound)
         {
+        }
+        catch (DockerApiException e) when (e.StatusCode == HttpStatusCode.Conflict)
+        {
+            throw new VolumeInUseException(name, e);
         }
         return true;
     });
@@ -242,10 +326,13 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
             Runtime = string.IsNullOrEmpty(spec.Runtime) ? null : spec.Runtime,
             ReadonlyRootfs = spec.ReadOnlyRootFilesystem,
             CapDrop = spec.DropAllCapabilities ? ["ALL"] : null,
+            CapAdd = spec.AddCapabilities.Count > 0 ? spec.AddCapabilities.ToList() : null,
+            DNS = spec.Dns.Count > 0 ? spec.Dns.ToList() : null,
+            BlkioWeight = spec.BlockIoWeight is { } weight ? (ushort)weight : (ushort)0,
             SecurityOpt = spec.NoNewPrivileges ? ["no-new-privileges:true"] : null,
             Init = spec.Init,
             Tmpfs = spec.Tmpfs.ToDictionary(),
-            Mounts = spec.Volumes.Select(v => new Mount { Type = "volume", Source = v.Key, Target = v.Value })
+            Mounts = spec.Volumes.Select(v => new Mount { Type = "volume", Source = v.Source, Target = v.Target, ReadOnly = v.ReadOnly })
                 .Concat(spec.AnonymousVolumes.Select(path => new Mount
                 {
                     Type = "volume",
@@ -254,7 +341,7 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
                     VolumeOptions = new VolumeOptions { Labels = spec.Labels.ToDictionary() },
                 }))
                 .ToList(),
-            // Output goes to the session's attach stream; a json-file log would copy every byte to disk.
+            // Output travels on the supervisor's channel; a json-file log would copy every byte to disk.
             LogConfig = new LogConfig { Type = "none" },
         };
         return new CreateContainerParameters
@@ -263,14 +350,14 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
             Image = spec.Image,
             Labels = spec.Labels.ToDictionary(),
             Env = spec.Environment.Select(kv => $"{kv.Key}={kv.Value}").ToList(),
+            Entrypoint = spec.Entrypoint?.ToList(),
             Cmd = spec.Command?.ToList(),
             User = spec.User,
             WorkingDir = spec.WorkingDirectory,
-            OpenStdin = spec.OpenStdin,
-            StdinOnce = false,
-            AttachStdin = spec.OpenStdin,
-            AttachStdout = true,
-            AttachStderr = true,
+            OpenStdin = false,
+            AttachStdin = false,
+            AttachStdout = false,
+            AttachStderr = false,
             Tty = false,
             HostConfig = host,
         };
@@ -307,46 +394,88 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
         public void Report(T value) => Value = value;
     }
 
-    private sealed class AttachedStream(MultiplexedStream stream, string containerId, ILogger logger) : IAttachedStream
+    private static string ResponseMessage(DockerApiException e)
     {
-        public async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken)
+        // Docker's body is {"message":"..."}; fall back to the whole text.
+        var body = e.ResponseBody ?? e.Message;
+        try
         {
-            // MultiplexedStream wants arrays; the reader passes an array-backed buffer.
+            using var doc = System.Text.Json.JsonDocument.Parse(body);
+            if (doc.RootElement.TryGetProperty("message", out var m) && m.GetString() is { } text)
+            {
+                return text;
+            }
+        }
+        catch (System.Text.Json.JsonException)
+        {
+        }
+        return body;
+    }
+
+    /// <summary>An exec's hijacked, multiplexed stream as a plain duplex stream: stdout in, stdin out, stderr dropped.</summary>
+    private sealed class ExecStream(MultiplexedStream stream) : Stream
+    {
+        public override bool CanRead => true;
+        public override bool CanWrite => true;
+        public override bool CanSeek => false;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+        public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+        {
             if (!System.Runtime.InteropServices.MemoryMarshal.TryGetArray((ReadOnlyMemory<byte>)buffer, out var segment))
             {
-                throw new ArgumentException("Buffer must be array-backed.", nameof(buffer));
+                var rented = new byte[buffer.Length];
+                var n = await ReadAsync(rented, 0, rented.Length, cancellationToken).ConfigureAwait(false);
+                rented.AsSpan(0, n).CopyTo(buffer.Span);
+                return n;
             }
-            // One reader at a time by contract: the agent connection's read loop.
+            return await ReadAsync(segment.Array!, segment.Offset, segment.Count, cancellationToken).ConfigureAwait(false);
+        }
+
+        public override async Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
+        {
             while (true)
             {
-                var result = await stream.ReadOutputAsync(segment.Array!, segment.Offset, segment.Count, cancellationToken).ConfigureAwait(false);
+                var result = await stream.ReadOutputAsync(buffer, offset, count, cancellationToken).ConfigureAwait(false);
                 if (result.EOF)
                 {
                     return 0;
                 }
-                if (result.Target == MultiplexedStream.TargetStream.StandardError)
+                if (result.Target == MultiplexedStream.TargetStream.StandardOut)
                 {
-                    // The agent's stderr carries only human-readable log lines.
-                    logger.LogInformation("agent {Container}: {Line}", containerId[..12], Encoding.UTF8.GetString(segment.Array!, segment.Offset, result.Count).TrimEnd());
-                    continue;
+                    return result.Count;
                 }
-                return result.Count;
+                // The relay's stderr has nothing the server needs; it is never logged verbatim.
             }
         }
 
-        public async ValueTask WriteAsync(ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+        public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
         {
-            if (!System.Runtime.InteropServices.MemoryMarshal.TryGetArray(data, out var segment))
+            if (!System.Runtime.InteropServices.MemoryMarshal.TryGetArray(buffer, out var segment))
             {
-                segment = new ArraySegment<byte>(data.ToArray());
+                segment = new ArraySegment<byte>(buffer.ToArray());
             }
-            await stream.WriteAsync(segment.Array!, segment.Offset, segment.Count, cancellationToken).ConfigureAwait(false);
+            return new ValueTask(stream.WriteAsync(segment.Array!, segment.Offset, segment.Count, cancellationToken));
         }
 
-        public ValueTask DisposeAsync()
+        public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+            stream.WriteAsync(buffer, offset, count, cancellationToken);
+
+        public override Task FlushAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+        public override void Flush() { }
+        public override int Read(byte[] buffer, int offset, int count) => ReadAsync(buffer, offset, count, CancellationToken.None).GetAwaiter().GetResult();
+        public override void Write(byte[] buffer, int offset, int count) => WriteAsync(buffer, offset, count, CancellationToken.None).GetAwaiter().GetResult();
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+
+        protected override void Dispose(bool disposing)
         {
-            stream.Dispose();
-            return ValueTask.CompletedTask;
+            if (disposing)
+            {
+                stream.Dispose();
+            }
+            base.Dispose(disposing);
         }
     }
 }

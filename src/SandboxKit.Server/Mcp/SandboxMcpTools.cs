@@ -15,7 +15,7 @@ namespace SandboxKit.Server.Mcp;
 
 /// <summary>
 /// The sandbox tools over MCP. Each call acts on a session of the caller's tenant (from the API key of the HTTP request),
-/// through the server's own <see cref="SessionManager"/> and <see cref="CommandService"/>; arguments are validated and results
+/// through the server's own <see cref="SessionRegistry"/> and <see cref="CommandRunner"/>; arguments are validated and results
 /// shaped by the same <see cref="SandboxTools"/> as the Semantic Kernel and Microsoft.Extensions.AI integrations.
 /// Results come as structured content (with an output schema) and as the same JSON in a text block; <c>isError</c> is set
 /// whenever <c>status</c> is not <c>ok</c>.
@@ -27,8 +27,10 @@ namespace SandboxKit.Server.Mcp;
 /// </remarks>
 [McpServerToolType]
 internal sealed class SandboxMcpTools(
-    SessionManager sessions,
-    CommandService commands,
+    SessionRegistry sessions,
+    SessionCreator creator,
+    SessionLifecycle lifecycle,
+    CommandRunner commands,
     FileService files,
     SandboxTools tools,
     IHttpContextAccessor http,
@@ -56,7 +58,7 @@ internal sealed class SandboxMcpTools(
         try
         {
             var session = await ServerToolTarget.TranslateAsync(
-                () => sessions.CreateAsync(Tenant, new CreateSessionRequest { IdleTimeoutSeconds = idleTimeoutSeconds }, cancellationToken), "new");
+                () => creator.CreateAsync(Tenant, new CreateSessionRequest { IdleTimeoutSeconds = idleTimeoutSeconds }, cancellationToken), "new");
             var info = session.ToInfo();
             return ToCallResult(new SandboxSessionResult
             {
@@ -85,7 +87,7 @@ internal sealed class SandboxMcpTools(
             var session = Find(sessionId);
             await ServerToolTarget.TranslateAsync(async () =>
             {
-                await sessions.DeleteAsync(session, "deleted by MCP request");
+                await lifecycle.DeleteAsync(session, "deleted by MCP request");
                 return true;
             }, session.Id);
             return ToCallResult(new SandboxSessionResult { Status = SandboxToolStatus.Ok, SessionId = session.Id }, SandboxToolStatus.Ok);

@@ -1,8 +1,6 @@
 using SandboxKit.Agents;
 using SandboxKit.Contracts;
-using SandboxKit.Server.Agent;
-using SandboxKit.Server.Api;
-using SandboxKit.Server.Engine;
+using SandboxKit.Server.Domain;
 using SandboxKit.Server.Exec;
 using SandboxKit.Server.Sessions;
 
@@ -10,16 +8,16 @@ namespace SandboxKit.Server.Mcp;
 
 /// <summary>
 /// Carries the shared agent tools' calls out in-process, on a session of the caller's tenant: commands through
-/// <see cref="CommandService"/>, files through the session's agent channel (as the Files API does), never HTTP to itself.
+/// <see cref="CommandRunner"/>, files through <see cref="FileService"/> (as the Files API does), never HTTP to itself.
 /// Failures become <see cref="SandboxToolException"/>s whose messages are fit for a model.
 /// </summary>
-internal sealed class ServerToolTarget(CommandService commands, FileService files, Session session, long maxFileBytes) : ISandboxToolTarget
+internal sealed class ServerToolTarget(CommandRunner commands, FileService files, Session session, long maxFileBytes) : ISandboxToolTarget
 {
     public Task<ExecuteResult> ExecuteAsync(ExecuteRequest request, CancellationToken cancellationToken) =>
-        TranslateAsync(() => commands.ExecuteAsync(session, commands.ToAgentRequest(session, request), cancellationToken), session.Id);
+        TranslateAsync(() => commands.ExecuteAsync(session, commands.ToRunRequest(request), cancellationToken), session.Id);
 
     public Task<ExecuteResult> RunCodeAsync(RunCodeRequest request, CancellationToken cancellationToken) =>
-        TranslateAsync(() => commands.ExecuteAsync(session, commands.ToAgentRequest(session, request), cancellationToken), session.Id);
+        TranslateAsync(async () => await commands.ExecuteAsync(session, await commands.ToRunRequestAsync(session, request, null, cancellationToken), cancellationToken), session.Id);
 
     public Task<FileEntry> WriteFileAsync(string path, ReadOnlyMemory<byte> content, CancellationToken cancellationToken) =>
         TranslateAsync(() => files.WriteAsync(session, path, content, maxFileBytes, cancellationToken), session.Id);
@@ -46,12 +44,12 @@ internal sealed class ServerToolTarget(CommandService commands, FileService file
     /// <summary>The model-facing form of a server failure, or null for failures that are not expected here.</summary>
     internal static SandboxToolException? ToToolException(Exception exception, string sessionId) => exception switch
     {
-        ApiProblemException { Code: ProblemCodes.SessionNotFound } e =>
+        SandboxError { Kind: ErrorKind.SessionNotFound } e =>
             new SandboxToolException($"session '{sessionId}' does not exist (it may have expired or been deleted); create a new one.", e) { SessionGone = true },
-        ApiProblemException { Code: ProblemCodes.NotFound } e => new SandboxToolException("not found: " + (e.Detail ?? e.Title), e),
-        ApiProblemException e => new SandboxToolException(e.Detail ?? e.Title, e),
-        AgentUnavailableException e => new SandboxToolException("the sandbox is not responding; try again.", e),
-        EngineUnavailableException e => new SandboxToolException("the container engine is unavailable; try again later.", e),
+        SandboxError { Kind: ErrorKind.NotFound } e => new SandboxToolException("not found: " + e.Message, e),
+        SandboxError { Kind: ErrorKind.SupervisorUnavailable } e => new SandboxToolException("the sandbox is not responding; try again.", e),
+        SandboxError { Kind: ErrorKind.EngineUnavailable } e => new SandboxToolException("the container engine is unavailable; try again later.", e),
+        SandboxError e => new SandboxToolException(e.Message, e),
         _ => null,
     };
 }

@@ -1,22 +1,33 @@
+using System.Globalization;
 using Microsoft.Extensions.Options;
-using SandboxKit.Server.Api;
 using SandboxKit.Server.Engine;
+using SandboxKit.Server.Supervisor;
 
 namespace SandboxKit.Server.Sessions;
 
-/// <summary>Turns a session shape into the container the engine runs: hardened by default, the same for cold starts and the warm pool.</summary>
-internal sealed class ContainerSpecFactory(IOptions<SandboxOptions> options, SandboxImage images)
+/// <summary>
+/// Turns a session shape into the container the engine runs: hardened by default, the same for cold starts and the
+/// warm pool, and independent of the image's ENTRYPOINT, CMD, USER, WORKDIR and users. The supervisor is the entrypoint
+/// and init, running as root with only the capabilities it needs to start commands as the command user and to keep
+/// them away from itself (docs/supervisor-protocol.md); its children run without any.
+/// </summary>
+internal sealed class ContainerSpecFactory(IOptions<SandboxOptions> options, SandboxImage images, SupervisorBundle bundle)
 {
+    /// <summary>What the supervisor keeps (and its commands lose): start processes as the user, signal them, own the PTYs it makes.</summary>
+    private static readonly string[] SupervisorCapabilities = ["CHOWN", "SETUID", "SETGID", "KILL"];
+
     private readonly SandboxOptions _options = options.Value;
 
     /// <summary>The hardened container for a session shape; every property here is checked from inside a container by the tests.</summary>
     public ContainerSpec Build(SessionShape shape, string name, string? userVolume, IReadOnlyDictionary<string, string>? environment = null)
     {
-        var volumes = new Dictionary<string, string>();
+        var volumes = new List<VolumeMount> { new(bundle.VolumeName, SupervisorBundle.MountPath, ReadOnly: true) };
         if (userVolume is not null)
         {
-            volumes[userVolume] = _options.PersistentStoragePath;
+            volumes.Add(new VolumeMount(userVolume, _options.PersistentStoragePath));
         }
+        var uid = _options.CommandUid.ToString(CultureInfo.InvariantCulture);
+        var gid = _options.CommandGid.ToString(CultureInfo.InvariantCulture);
         return new ContainerSpec
         {
             Name = name,
@@ -27,11 +38,18 @@ internal sealed class ContainerSpecFactory(IOptions<SandboxOptions> options, San
                 [SessionLabels.Kind] = SessionLabels.KindSandbox,
                 [SessionLabels.Shape] = shape.Key,
                 [SessionLabels.Generation] = SessionLabels.CurrentGeneration,
+                [SessionLabels.SupervisorBuild] = bundle.Build,
             },
-            // The agent starts with these and carries them into every command's persisted state (so `unset` sticks).
+            // The supervisor starts every command with these (and carries them into the persisted state, so `unset` sticks).
             Environment = environment ?? new Dictionary<string, string>(),
-            User = "1000:1000",
-            WorkingDirectory = "/workspace",
+            Entrypoint = [SupervisorBundle.Executable],
+            Command =
+            [
+                "serve", "--uid", uid, "--gid", gid, "--home", _options.HomePath, "--workdir", SandboxKit.Contracts.SandboxPath.Workspace,
+                "--socket", SupervisorBundle.SocketPath, "--warm", _options.SupervisorWarmShells.ToString(CultureInfo.InvariantCulture),
+            ],
+            User = "0:0",
+            WorkingDirectory = "/",
             MemoryBytes = shape.MemoryBytes,
             Cpus = shape.Cpus,
             PidsLimit = shape.PidsLimit,
@@ -39,14 +57,18 @@ internal sealed class ContainerSpecFactory(IOptions<SandboxOptions> options, San
             Runtime = shape.Runtime == "runc" ? null : shape.Runtime,
             ReadOnlyRootFilesystem = true,
             DropAllCapabilities = true,
+            AddCapabilities = SupervisorCapabilities,
             NoNewPrivileges = true,
-            OpenStdin = true,
+            // The supervisor is the init: it reaps orphans and must be PID 1 for the kernel's protection of the init.
+            Init = false,
             Tmpfs = new Dictionary<string, string>
             {
                 ["/tmp"] = $"rw,nosuid,nodev,size={_options.TmpSize},mode=1777",
-                ["/home/sandbox"] = $"rw,nosuid,nodev,size={_options.HomeSize},uid=1000,gid=1000,mode=0755",
+                [_options.HomePath] = $"rw,nosuid,nodev,size={_options.HomeSize},uid={uid},gid={gid},mode=0755",
+                // Root-only: the supervisor's socket lives here, out of reach of the command user.
+                [SupervisorBundle.RuntimeDirectory] = "rw,nosuid,nodev,noexec,size=1m,mode=0700",
             },
-            AnonymousVolumes = ["/workspace"],
+            AnonymousVolumes = [SandboxKit.Contracts.SandboxPath.Workspace],
             Volumes = volumes,
         };
     }
@@ -54,5 +76,4 @@ internal sealed class ContainerSpecFactory(IOptions<SandboxOptions> options, San
     public SessionShape DefaultShape => new(images.Default, _options.DefaultMemoryBytes, _options.DefaultCpus, _options.DefaultPidsLimit, "none", DefaultRuntime);
 
     public string DefaultRuntime => string.IsNullOrWhiteSpace(_options.DefaultRuntime) ? "runc" : _options.DefaultRuntime!;
-
 }

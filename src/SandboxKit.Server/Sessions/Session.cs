@@ -1,17 +1,18 @@
+using SandboxKit.Agent.Protocol;
 using SandboxKit.Contracts;
-using SandboxKit.Server.Agent;
-using SandboxKit.Server.Engine;
+using SandboxKit.Server.Supervisor;
 
 namespace SandboxKit.Server.Sessions;
 
 /// <summary>
-/// A live session: its container, who owns it, its deadlines, and the connection to its agent.
-/// Everything except activity times and the connection is also written to engine labels (see <see cref="SessionLabels"/>).
+/// A live session: its container, who owns it, its deadlines, and the connection to its supervisor.
+/// Everything except activity times and the connection is also written to engine labels (see <see cref="SessionLabels"/>);
+/// what runs inside (jobs, keyed results, channel ids) the supervisor keeps. Nothing here matters only in memory.
 /// </summary>
 internal sealed class Session
 {
     private readonly SemaphoreSlim _connectLock = new(1, 1);
-    private AgentConnection? _agent;
+    private SupervisorConnection? _connection;
     private long _lastActivityTicks;
     private int _activeOperations;
 
@@ -33,11 +34,16 @@ internal sealed class Session
     public required string Runtime { get; init; }
     public string? PersistentStoragePath { get; init; }
 
-    /// <summary>Background processes started in this session, by id.</summary>
-    public System.Collections.Concurrent.ConcurrentDictionary<string, Exec.BackgroundProcess> Processes { get; } = new(StringComparer.Ordinal);
-
     /// <summary>Set once the session is being deleted or found gone; no new work starts on it.</summary>
     public bool Closed { get; private set; }
+
+    /// <summary>What the image offers, as the supervisor last reported it (null until the first connection).</summary>
+    public ImageCapabilities? Capabilities => _connection?.Capabilities ?? _lastCapabilities;
+
+    /// <summary>The supervisor's version, from its hello.</summary>
+    public string? SupervisorVersion { get; private set; }
+
+    private ImageCapabilities? _lastCapabilities;
 
     public DateTimeOffset LastActivityAt => new(Interlocked.Read(ref _lastActivityTicks), TimeSpan.Zero);
 
@@ -68,27 +74,27 @@ internal sealed class Session
 
     public void MarkClosed() => Closed = true;
 
-    /// <summary>The agent connection, (re)attaching when there is none or the last one closed.</summary>
-    public async Task<AgentConnection> GetAgentAsync(IContainerEngine engine, ILogger logger, TimeSpan timeout, CancellationToken cancellationToken)
+    /// <summary>The supervisor connection, (re)connecting when there is none or the last one closed.</summary>
+    public async Task<SupervisorConnection> GetConnectionAsync(SupervisorDialer dialer, TimeSpan timeout, CancellationToken cancellationToken)
     {
-        var agent = _agent;
-        if (agent is { IsClosed: false })
+        var connection = _connection;
+        if (connection is { IsClosed: false })
         {
-            return agent;
+            return connection;
         }
         await _connectLock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            if (_agent is { IsClosed: false })
+            if (_connection is { IsClosed: false })
             {
-                return _agent;
+                return _connection;
             }
-            if (_agent is not null)
+            if (_connection is not null)
             {
-                await _agent.DisposeAsync().ConfigureAwait(false);
+                await _connection.DisposeAsync().ConfigureAwait(false);
             }
-            _agent = await AgentConnection.ConnectAsync(engine, ContainerId, logger, timeout, cancellationToken).ConfigureAwait(false);
-            return _agent;
+            UseConnection(await dialer.ConnectAsync(ContainerId, Runtime, Id, timeout, cancellationToken).ConfigureAwait(false));
+            return _connection!;
         }
         finally
         {
@@ -97,14 +103,20 @@ internal sealed class Session
     }
 
     /// <summary>Takes over a connection made earlier (a warm pool container's).</summary>
-    public void UseConnection(AgentConnection agent) => _agent = agent;
+    public void UseConnection(SupervisorConnection connection)
+    {
+        _connection = connection;
+        _lastCapabilities = connection.Capabilities;
+        SupervisorVersion = connection.Hello.Version;
+    }
 
     public async ValueTask DisconnectAsync()
     {
-        var agent = Interlocked.Exchange(ref _agent, null);
-        if (agent is not null)
+        var connection = Interlocked.Exchange(ref _connection, null);
+        if (connection is not null)
         {
-            await agent.DisposeAsync().ConfigureAwait(false);
+            _lastCapabilities = connection.Capabilities;
+            await connection.DisposeAsync().ConfigureAwait(false);
         }
     }
 
@@ -125,6 +137,18 @@ internal sealed class Session
         NetworkMode = NetworkMode,
         Runtime = Runtime,
         PersistentStoragePath = PersistentStoragePath,
+        Offers = Capabilities is { } c ? ToOffers(c) : null,
+        SupervisorVersion = SupervisorVersion,
+    };
+
+    internal static ImageOffers ToOffers(ImageCapabilities c) => new()
+    {
+        Probed = c.Probed,
+        Bash = c.Bash.Version,
+        ImageBash = c.ImageBash?.Version ?? (c.ImageBash is null ? null : ""),
+        Python3 = c.Python3?.Version ?? (c.Python3 is null ? null : ""),
+        IPython = c.IPython,
+        Node = c.Node?.Version ?? (c.Node is null ? null : ""),
     };
 
     internal readonly struct ActivityScope(Session session, TimeProvider time) : IDisposable

@@ -31,13 +31,16 @@ internal static class SessionLabels
     public const string Pids = Prefix + "pids";
     public const string Network = Prefix + "network";
     public const string Runtime = Prefix + "runtime";
-    public const string Environment = Prefix + "env";
     public const string Metadata = Prefix + "metadata";
     public const string PersistPath = Prefix + "persist-path";
 
     public const string KindSandbox = "sandbox";
     public const string KindClaim = "claim";
     public const string KindUserStorage = "user-storage";
+    public const string KindSupervisor = "supervisor";
+
+    /// <summary>The supervisor bundle build a container runs (on containers and the bundle volume).</summary>
+    public const string SupervisorBuild = Prefix + "supervisor-build";
 
     public static Dictionary<string, string> ForClaim(Session s, string instance)
     {
@@ -57,7 +60,6 @@ internal static class SessionLabels
             [Pids] = s.PidsLimit.ToString(CultureInfo.InvariantCulture),
             [Network] = s.NetworkMode,
             [Runtime] = s.Runtime,
-            [Environment] = JsonSerializer.Serialize(s.Environment, LabelJsonContext.Default.IReadOnlyDictionaryStringString),
             [Metadata] = JsonSerializer.Serialize(s.Metadata, LabelJsonContext.Default.IReadOnlyDictionaryStringString),
         };
         if (s.UserId is not null)
@@ -92,7 +94,8 @@ internal static class SessionLabels
                 PidsLimit = int.Parse(l[Pids], CultureInfo.InvariantCulture),
                 NetworkMode = l[Network],
                 Runtime = l[Runtime],
-                Environment = JsonSerializer.Deserialize(l[Environment], LabelJsonContext.Default.IReadOnlyDictionaryStringString) ?? new Dictionary<string, string>(),
+                // The environment is the container's and the supervisor's; labels never carry it (it may hold secrets).
+                Environment = new Dictionary<string, string>(),
                 Metadata = JsonSerializer.Deserialize(l[Metadata], LabelJsonContext.Default.IReadOnlyDictionaryStringString) ?? new Dictionary<string, string>(),
                 PersistentStoragePath = l.GetValueOrDefault(PersistPath),
             };

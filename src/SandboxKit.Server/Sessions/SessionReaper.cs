@@ -7,7 +7,7 @@ namespace SandboxKit.Server.Sessions;
 /// every <see cref="SandboxOptions.ReaperIntervalSeconds"/>, removes expired ones. Each pass catches its own
 /// failures: an escaped exception would stop the host, and one bad container must never stop the reaper.
 /// </summary>
-internal sealed class SessionReaper(SessionManager sessions, IOptions<SandboxOptions> options, ILogger<SessionReaper> logger) : BackgroundService
+internal sealed class SessionReaper(SessionLifecycle sessions, IOptions<SandboxOptions> options, ILogger<SessionReaper> logger) : BackgroundService
 {
     private bool _adopted;
 

@@ -17,6 +17,8 @@ internal sealed class UsageMeter : IDisposable
     private readonly Counter<long> _commands;
     private readonly Histogram<double> _duration;
     private readonly Counter<long> _outputBytes;
+    private readonly Counter<double> _cpuSeconds;
+    private readonly Histogram<long> _peakMemory;
     private readonly DateTimeOffset _since;
     private readonly ILogger<UsageMeter> _logger;
 
@@ -28,6 +30,8 @@ internal sealed class UsageMeter : IDisposable
         _commands = _meter.CreateCounter<long>("sandboxkit.commands", description: "Commands finished");
         _duration = _meter.CreateHistogram<double>("sandboxkit.command.duration", unit: "ms", description: "Command duration");
         _outputBytes = _meter.CreateCounter<long>("sandboxkit.command.output", unit: "By", description: "Bytes of command output");
+        _cpuSeconds = _meter.CreateCounter<double>("sandboxkit.command.cpu", unit: "s", description: "CPU time of command process trees (user + system)");
+        _peakMemory = _meter.CreateHistogram<long>("sandboxkit.command.peak_memory", unit: "By", description: "Peak memory of command process trees");
     }
 
     public void SessionCreated(string tenant)
@@ -46,13 +50,22 @@ internal sealed class UsageMeter : IDisposable
         }
         Interlocked.Add(ref c.DurationMicros, (long)(result.DurationMs * 1000));
         Interlocked.Add(ref c.OutputBytes, result.StdoutBytes + result.StderrBytes);
+        var cpuMs = result.CpuUserMs + result.CpuSystemMs;
+        Interlocked.Add(ref c.CpuMicros, (long)(cpuMs * 1000));
+        long peak;
+        while ((peak = Interlocked.Read(ref c.PeakMemoryBytes)) < result.PeakMemoryBytes
+            && Interlocked.CompareExchange(ref c.PeakMemoryBytes, result.PeakMemoryBytes, peak) != peak)
+        {
+        }
         var tag = new KeyValuePair<string, object?>("tenant", session.Tenant);
         _commands.Add(1, tag);
         _duration.Record(result.DurationMs, tag);
         _outputBytes.Add(result.StdoutBytes + result.StderrBytes, tag);
+        _cpuSeconds.Add(cpuMs / 1000, tag);
+        _peakMemory.Record(result.PeakMemoryBytes, tag);
         _logger.LogInformation(
-            "command tenant={Tenant} user={User} session={Session} exit={ExitCode} durationMs={DurationMs:0.0} stdoutBytes={StdoutBytes} stderrBytes={StderrBytes} timedOut={TimedOut} oomKilled={OomKilled}",
-            session.Tenant, session.UserId, session.Id, result.ExitCode, result.DurationMs, result.StdoutBytes, result.StderrBytes, result.TimedOut, result.OomKilled);
+            "command tenant={Tenant} user={User} session={Session} exit={ExitCode} durationMs={DurationMs:0.0} cpuMs={CpuMs:0.0} peakMemoryBytes={PeakMemoryBytes} stdoutBytes={StdoutBytes} stderrBytes={StderrBytes} timedOut={TimedOut} oomKilled={OomKilled}",
+            session.Tenant, session.UserId, session.Id, result.ExitCode, result.DurationMs, cpuMs, result.PeakMemoryBytes, result.StdoutBytes, result.StderrBytes, result.TimedOut, result.OomKilled);
     }
 
     public UsageReport Report(string tenant, int activeSessions)
@@ -67,6 +80,8 @@ internal sealed class UsageMeter : IDisposable
             CommandsTimedOut = Interlocked.Read(ref c.TimedOut),
             CommandSeconds = Interlocked.Read(ref c.DurationMicros) / 1e6,
             OutputBytes = Interlocked.Read(ref c.OutputBytes),
+            CpuSeconds = Interlocked.Read(ref c.CpuMicros) / 1e6,
+            PeakMemoryBytes = Interlocked.Read(ref c.PeakMemoryBytes),
             Since = _since,
         };
     }
@@ -82,5 +97,7 @@ internal sealed class UsageMeter : IDisposable
         public long TimedOut;
         public long DurationMicros;
         public long OutputBytes;
+        public long CpuMicros;
+        public long PeakMemoryBytes;
     }
 }

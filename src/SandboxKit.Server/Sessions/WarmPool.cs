@@ -1,7 +1,7 @@
 using System.Collections.Concurrent;
 using Microsoft.Extensions.Options;
-using SandboxKit.Server.Agent;
 using SandboxKit.Server.Engine;
+using SandboxKit.Server.Supervisor;
 
 namespace SandboxKit.Server.Sessions;
 
@@ -9,11 +9,13 @@ namespace SandboxKit.Server.Sessions;
 /// Pre-started, never-used containers of the default session shape, handed out on create and refilled in the
 /// background. A container leaves the pool once and is removed with its session: never reused.
 /// Pooled containers carry only instance/kind/shape labels, so a restarted server sweeps them as unclaimed.
-/// Each is handed out with its agent already attached and answering, so a warm create costs no engine round trip but the claim.
+/// Each is handed out with its supervisor already connected and answering, so a warm create costs no engine round trip but the claim.
 /// </summary>
 internal sealed class WarmPool(
     IContainerEngine engine,
     ContainerSpecFactory specs,
+    SupervisorBundle bundle,
+    SupervisorDialer dialer,
     IOptions<SandboxOptions> options,
     ILogger<WarmPool> logger) : BackgroundService
 {
@@ -25,7 +27,7 @@ internal sealed class WarmPool(
 
     public int ReadyCount => _ready.Count;
 
-    /// <summary>A ready container of this shape with its agent connection, or null (the caller starts one cold).</summary>
+    /// <summary>A ready container of this shape with its supervisor connection, or null (the caller starts one cold).</summary>
     public WarmContainer? TryTake(SessionShape shape)
     {
         if (_size == 0 || _shape is null || shape.Key != _shape.Key)
@@ -35,7 +37,7 @@ internal sealed class WarmPool(
         while (_ready.TryDequeue(out var warm))
         {
             _refill.Release();
-            if (!warm.Agent.IsClosed)
+            if (!warm.Connection.IsClosed)
             {
                 return warm;
             }
@@ -59,11 +61,14 @@ internal sealed class WarmPool(
             {
                 while (_ready.Count < _size && !stoppingToken.IsCancellationRequested)
                 {
-                    var id = await engine.RunContainerAsync(specs.Build(_shape, $"sk-{_instance}-pool-{Guid.NewGuid():N}", null), stoppingToken).ConfigureAwait(false);
+                    await bundle.EnsureVolumeAsync(engine, _shape.Image, stoppingToken).ConfigureAwait(false);
+                    var name = $"sk-{_instance}-pool-{Guid.NewGuid():N}";
+                    var id = await engine.RunContainerAsync(specs.Build(_shape, name, null), stoppingToken).ConfigureAwait(false);
                     try
                     {
-                        var agent = await AgentConnection.ConnectAsync(engine, id, logger, TimeSpan.FromSeconds(20), stoppingToken).ConfigureAwait(false);
-                        _ready.Enqueue(new WarmContainer(id, agent));
+                        var connection = await dialer.ConnectAsync(id, _shape.Runtime, name, TimeSpan.FromSeconds(options.Value.SupervisorConnectTimeoutSeconds), stoppingToken)
+                            .ConfigureAwait(false);
+                        _ready.Enqueue(new WarmContainer(id, connection));
                     }
                     catch
                     {
@@ -102,7 +107,7 @@ internal sealed class WarmPool(
     {
         try
         {
-            await warm.Agent.DisposeAsync().ConfigureAwait(false);
+            await warm.Connection.DisposeAsync().ConfigureAwait(false);
             await engine.RemoveContainerAsync(warm.ContainerId, CancellationToken.None).ConfigureAwait(false);
         }
         catch (Exception e)
@@ -112,5 +117,5 @@ internal sealed class WarmPool(
     }
 }
 
-/// <summary>A pooled container and its live agent connection.</summary>
-internal sealed record WarmContainer(string ContainerId, AgentConnection Agent);
+/// <summary>A pooled container and its live supervisor connection.</summary>
+internal sealed record WarmContainer(string ContainerId, SupervisorConnection Connection);
