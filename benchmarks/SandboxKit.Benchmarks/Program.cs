@@ -39,12 +39,14 @@ var summary = new List<string>();
 
 try
 {
-    // Session create, warm: the pool is refilled between creates (waiting is not counted).
+    // Session create, warm: the pool is refilled and quiet between creates (waiting is not counted), so the figure is
+    // the create itself, not the create competing with the refill's container start.
     var warm = new List<double>();
     var sessionsToDelete = new List<string>();
     for (var i = 0; i < createIterations; i++)
     {
-        await WaitForPoolAsync(pool, 1);
+        await WaitForPoolAsync(pool, 2);
+        await Task.Delay(200);
         var sw = Stopwatch.StartNew();
         var s = await Api.CreateAsync(http, new CreateSessionRequest());
         warm.Add(sw.Elapsed.TotalMilliseconds);
@@ -53,28 +55,26 @@ try
     rows.Add(("session create (warm pool)", Stats.Of(warm)));
 
     // Cold: a shape the pool does not hold, so every create starts a container and waits for its supervisor.
+    // Reference, interleaved so both see the same machine: the engine's own create + start of exactly that
+    // container spec, nothing waited for (the container is removed at once).
     var cold = new List<double>();
+    var rawCreate = new List<double>();
+    var shape = specs.DefaultShape with { MemoryBytes = 256L << 20 };
     for (var i = 0; i < createIterations; i++)
     {
         var sw = Stopwatch.StartNew();
         var s = await Api.CreateAsync(http, new CreateSessionRequest { MemoryBytes = 256L << 20 });
         cold.Add(sw.Elapsed.TotalMilliseconds);
         sessionsToDelete.Add(s.Id);
-    }
-    var coldStats = Stats.Of(cold);
-    rows.Add(("session create (cold)", coldStats));
 
-    // Reference: the engine's own create + start of exactly that container spec, nothing waited for.
-    var rawCreate = new List<double>();
-    var shape = specs.DefaultShape with { MemoryBytes = 256L << 20 };
-    for (var i = 0; i < createIterations; i++)
-    {
         var spec = specs.Build(shape, $"sk-{instance}-raw-{i}", null);
-        var sw = Stopwatch.StartNew();
+        sw.Restart();
         var id = await docker.RunContainerAsync(spec, CancellationToken.None);
         rawCreate.Add(sw.Elapsed.TotalMilliseconds);
         await docker.RemoveContainerAsync(id, CancellationToken.None);
     }
+    var coldStats = Stats.Of(cold);
+    rows.Add(("session create (cold)", coldStats));
     var rawCreateStats = Stats.Of(rawCreate);
     rows.Add(("raw Docker create + start, same spec (reference)", rawCreateStats));
 

@@ -15,10 +15,12 @@ internal sealed unsafe class CapabilityProbe : IChildOwner, IPollable
 
     private const string Script =
         "printf 'bash\\t%s\\n' \"$BASH_VERSION\"\n" +
+        // One interpreter start for both facts; find_spec locates IPython without importing it (an import costs a
+        // few hundred ms of CPU, which every new session would spend while the next one is being created).
         "if p=$(type -P python3); then\n" +
-        "  v=$(\"$p\" -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])' 2>/dev/null </dev/null)\n" +
-        "  printf 'python3\\t%s\\t%s\\n' \"$p\" \"$v\"\n" +
-        "  if \"$p\" -c 'import IPython' >/dev/null 2>&1 </dev/null; then printf 'ipython\\n'; fi\n" +
+        "  v=$(\"$p\" -c 'import sys, importlib.util as u; print(\"%d.%d.%d\" % sys.version_info[:3], \"ipython\" if u.find_spec(\"IPython\") else \"\")' 2>/dev/null </dev/null)\n" +
+        "  printf 'python3\\t%s\\t%s\\n' \"$p\" \"${v%% *}\"\n" +
+        "  case \"$v\" in *\\ ipython) printf 'ipython\\n' ;; esac\n" +
         "fi\n" +
         "if p=$(type -P node); then printf 'node\\t%s\\t%s\\n' \"$p\" \"$(\"$p\" --version 2>/dev/null </dev/null)\"; fi\n" +
         "if p=$(type -P bash); then printf 'imagebash\\t%s\\t%s\\n' \"$p\" \"$(\"$p\" -c 'echo \"$BASH_VERSION\"' 2>/dev/null </dev/null)\"; fi\n";

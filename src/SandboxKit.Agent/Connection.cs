@@ -20,7 +20,7 @@ internal sealed unsafe class Connection : IPollable
 
     private readonly EventLoop _loop;
     private readonly Supervisor _supervisor;
-    private readonly FrameDecoder _decoder = new(FrameLimits.MaxPayload, 64 * 1024);
+    private readonly FrameDecoder _decoder = new(FrameLimits.MaxPayload, 16 * 1024);
     private byte[] _out = new byte[16 * 1024];
     private int _outStart;
     private int _outEnd;

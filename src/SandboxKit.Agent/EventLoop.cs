@@ -68,6 +68,19 @@ internal sealed unsafe class EventLoop
     /// </summary>
     private const long CollectAfterBytes = 1 << 20;
 
+    /// <summary>
+    /// Quiet time after which the loop compacts the whole heap and gives its free pages back to the kernel: an idle
+    /// session then costs the host only what its data needs (every idle session pays this in host memory).
+    /// </summary>
+    private const double IdleTrimMs = 2000;
+
+    /// <summary>Allocation within <see cref="IdleTrimMs"/> that still counts as quiet (timers, pings).</summary>
+    private const long QuietBytes = 64 * 1024;
+
+    private LoopTimer? _trimTimer;
+    private long _allocatedAtTrimCheck;
+    private long _allocatedAtLastTrim;
+
     private sealed class Registration(IPollable handler, uint events)
     {
         internal IPollable Handler { get; } = handler;
@@ -159,6 +172,19 @@ internal sealed unsafe class EventLoop
         _ = Native.Write(_wakeFd, (byte*)&one, sizeof(ulong));
     }
 
+    private void TrimIfIdle()
+    {
+        _trimTimer = null;
+        var allocated = GC.GetAllocatedBytesForCurrentThread();
+        if (allocated - _allocatedAtTrimCheck > QuietBytes)
+        {
+            return; // busy: the next round schedules another check
+        }
+        GC.Collect(2, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+        _allocatedAtLastTrim = GC.GetAllocatedBytesForCurrentThread();
+        _allocatedAtLastCollection = _allocatedAtLastTrim;
+    }
+
     /// <summary>The loop ends after the current round.</summary>
     internal void Stop() => _stop = true;
 
@@ -181,13 +207,18 @@ internal sealed unsafe class EventLoop
                 RunDeferred();
                 Guard(BeforeWait);
             }
-            ArmTimer();
             var allocated = GC.GetAllocatedBytesForCurrentThread();
             if (allocated - _allocatedAtLastCollection > CollectAfterBytes)
             {
                 GC.Collect(0, GCCollectionMode.Forced, blocking: true, compacting: true);
                 _allocatedAtLastCollection = allocated;
             }
+            if (_trimTimer is null && allocated - _allocatedAtLastTrim > QuietBytes)
+            {
+                _allocatedAtTrimCheck = allocated;
+                _trimTimer = Schedule(IdleTrimMs, TrimIfIdle);
+            }
+            ArmTimer();
             var n = Native.EpollWait(_epoll, events, MaxEvents, -1);
             if (n < 0)
             {

@@ -40,6 +40,7 @@ internal sealed class SessionCreator(
         var userId = request.UserId is null ? null : SessionRequestValidator.UserId(request.UserId);
 
         registry.Reserve(tenant);
+        WarmContainer? warm = null;
         string? containerId = null;
         string? claimVolume = null;
         SupervisorConnection? connection = null;
@@ -61,7 +62,7 @@ internal sealed class SessionCreator(
             }
 
             // A pooled container only fits sessions of the pool's shape without per-user mounts or their own environment.
-            var warm = userVolume is null && environment.Count == 0 ? pool.TryTake(shape) : null;
+            warm = userVolume is null && environment.Count == 0 ? pool.TryTake(shape) : null;
             containerId = warm?.ContainerId;
             connection = warm?.Connection;
             if (containerId is null)
@@ -115,6 +116,10 @@ internal sealed class SessionCreator(
             connection = connect.Result;
             session.UseConnection(connection);
             registry.Add(session);
+            if (warm is not null)
+            {
+                pool.Replenish();
+            }
             usage.SessionCreated(tenant.Name);
             logger.LogInformation("Session {Session} created for tenant {Tenant} (container {Container}, {Source})",
                 session.Id, tenant.Name, containerId[..12], warm is not null ? "warm pool" : "cold start");
@@ -123,6 +128,10 @@ internal sealed class SessionCreator(
         catch (Exception e)
         {
             registry.Release(tenant.Name);
+            if (warm is not null)
+            {
+                pool.Replenish();
+            }
             if (connection is not null)
             {
                 await connection.DisposeAsync().ConfigureAwait(false);

@@ -27,7 +27,11 @@ internal sealed class WarmPool(
 
     public int ReadyCount => _ready.Count;
 
-    /// <summary>A ready container of this shape with its supervisor connection, or null (the caller starts one cold).</summary>
+    /// <summary>
+    /// A ready container of this shape with its supervisor connection, or null (the caller starts one cold). The caller
+    /// calls <see cref="Replenish"/> once its own engine calls are done: a refill started at once would compete with
+    /// them in the engine (the claim write then took up to 14 ms instead of 1).
+    /// </summary>
     public WarmContainer? TryTake(SessionShape shape)
     {
         if (_size == 0 || _shape is null || shape.Key != _shape.Key)
@@ -36,16 +40,19 @@ internal sealed class WarmPool(
         }
         while (_ready.TryDequeue(out var warm))
         {
-            _refill.Release();
             if (!warm.Connection.IsClosed)
             {
                 return warm;
             }
             // Its container died while waiting (removed by hand, engine restarted): never hand that out.
+            _refill.Release();
             _ = DiscardAsync(warm);
         }
         return null;
     }
+
+    /// <summary>Starts the refill of the slot a <see cref="TryTake"/> emptied.</summary>
+    public void Replenish() => _refill.Release();
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {

@@ -111,7 +111,10 @@ internal sealed class SupervisorChannel : IAsyncDisposable
                 }
                 else
                 {
-                    _readable ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    // Continuations run on the read loop, inline: a thread-pool hop per message was most of a
+                    // command's server CPU. A consumer holds the loop only until its next real await (its writes to
+                    // a slow client are asynchronous), never for the time a client takes to read.
+                    _readable ??= new TaskCompletionSource();
                     wait = _readable.Task;
                 }
             }

@@ -87,7 +87,8 @@ internal sealed class SupervisorConnection : IAsyncDisposable
             await stream.WriteAsync(FrameEncoder.Encode(FrameType.Hello, 0, payload), deadline.Token).ConfigureAwait(false);
             await stream.FlushAsync(deadline.Token).ConfigureAwait(false);
 
-            var decoder = new FrameDecoder();
+            // Grows to a maximal frame only when one comes: hundreds of idle connections stay small.
+            var decoder = new FrameDecoder(FrameLimits.MaxPayload, initialBuffer: 16 * 1024);
             Frame frame;
             while (!decoder.TryRead(out frame))
             {
