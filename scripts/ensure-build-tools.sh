@@ -2,8 +2,10 @@
 # Make sure the host has what building and testing SandboxKit needs beyond the .NET SDK; on a Debian/Ubuntu
 # host as root, install what is missing from the distribution's packages.
 #
-#   scripts/ensure-build-tools.sh            # build: clang + lld (NativeAOT supervisor), bash-static (its shell)
-#   scripts/ensure-build-tools.sh --tests    # also what the test suite drives: Chromium (browser test)
+#   scripts/ensure-build-tools.sh            # build: clang + lld (NativeAOT supervisor), bash-static (its shell);
+#                                            # run: e2fsprogs + util-linux (bounded session disks: mkfs.ext4, debugfs, losetup)
+#   scripts/ensure-build-tools.sh --tests    # also what the test suite drives: Chromium (browser test), redis-server
+#                                            # (cluster tests), iproute2 (private engines in network namespaces)
 #
 # Idempotent: with everything present it prints one line and installs nothing. Log: /var/log/sandboxkit-apt.log.
 set -euo pipefail
@@ -12,9 +14,9 @@ APT_LOG=/var/log/sandboxkit-apt.log
 say() { echo "tools: $*"; }
 die() { echo "tools: $*" >&2; exit 1; }
 
-want=(clang:clang lld:ld.lld bash-static:/bin/bash-static)
+want=(clang:clang lld:ld.lld bash-static:/bin/bash-static e2fsprogs:mkfs.ext4 e2fsprogs:debugfs util-linux:losetup)
 if [[ "${1:-}" == "--tests" ]]; then
-    want+=(chromium:chromium)
+    want+=(chromium:chromium redis-server:redis-server iproute2:ip util-linux:nsenter)
 fi
 
 missing=()
@@ -28,6 +30,7 @@ for entry in "${want[@]}"; do
     fi
 done
 
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 if [[ ${#missing[@]} -eq 0 ]]; then
     say "ready"
     exit 0

@@ -1,6 +1,7 @@
 // SandboxKit benchmark: the server's figures and, in the same run, the references they are judged against.
-//   dotnet run -c Release --project benchmarks/SandboxKit.Benchmarks [-- --quick]
+//   dotnet run -c Release --project benchmarks/SandboxKit.Benchmarks [-- --quick] [--load]
 // Prints p50/p90/p99 per operation and the ratio to each reference. Not a test: it asserts nothing.
+// --load adds the load and soak figures (200 concurrent sessions x 50 commands; 1 000 create/delete cycles).
 using System.Diagnostics;
 using System.Globalization;
 using System.Net.Http.Json;
@@ -15,6 +16,8 @@ using SandboxKit.Server.Engine;
 using SandboxKit.Server.Sessions;
 
 var quick = args.Contains("--quick");
+var load = args.Contains("--load");
+var loadOnly = args.Contains("--load-only");
 var iterations = quick ? 100 : 500;
 var createIterations = quick ? 10 : 30;
 var idleSessions = quick ? 20 : 100;
@@ -26,9 +29,10 @@ var app = SandboxServerApp.Build([
     $"--Sandbox:InstanceName={instance}",
     "--Sandbox:WarmPoolSize=2",
     "--Auth:DefaultMaxSessions=500",
+    "--Auth:DefaultRequestsPerSecond=0",
     "--Logging:LogLevel:Default=Warning",
 ]);
-await app.StartAsync();
+await SandboxServerApp.StartCheckedAsync(app);
 var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
 using var http = new HttpClient { BaseAddress = new Uri(address), Timeout = TimeSpan.FromMinutes(5) };
 var pool = app.Services.GetRequiredService<WarmPool>();
@@ -37,8 +41,21 @@ var docker = new DockerEngine(DockerEngine.DefaultEndpoint, NullLogger<DockerEng
 var rows = new List<(string Name, Stats Stats)>();
 var summary = new List<string>();
 
+var loadLines = new List<string>();
 try
 {
+    if (load || loadOnly)
+    {
+        loadLines.Add(await Load.ConcurrentSessionsAsync(http, quick ? 50 : 200, quick ? 20 : 50));
+        Console.WriteLine(loadLines[^1]);
+        loadLines.Add(await Load.SoakAsync(http, quick ? 100 : 1000));
+        Console.WriteLine(loadLines[^1]);
+        if (loadOnly)
+        {
+            return;
+        }
+    }
+
     // Session create, warm: the pool is refilled and quiet between creates (waiting is not counted), so the figure is
     // the create itself, not the create competing with the refill's container start.
     var warm = new List<double>();
@@ -67,7 +84,7 @@ try
         cold.Add(sw.Elapsed.TotalMilliseconds);
         sessionsToDelete.Add(s.Id);
 
-        var spec = specs.Build(shape, $"sk-{instance}-raw-{i}", null);
+        var spec = specs.Build(shape, $"sk-{instance}-raw-{i}", null, null);
         sw.Restart();
         var id = await docker.RunContainerAsync(spec, CancellationToken.None);
         rawCreate.Add(sw.Elapsed.TotalMilliseconds);
@@ -232,6 +249,7 @@ finally
 {
     await app.StopAsync();
     await app.DisposeAsync();
+    Console.WriteLine(await Load.LeftoversAsync(docker, instance));
     foreach (var c in await docker.ListContainersAsync(SessionLabels.Instance, instance, CancellationToken.None))
     {
         await docker.RemoveContainerAsync(c.Id, CancellationToken.None);

@@ -1,19 +1,47 @@
 namespace SandboxKit.Contracts;
 
-/// <summary>What <c>GET /healthz</c> reports: whether the container engine answers and the sandbox image is present.</summary>
+/// <summary>
+/// What <c>GET /healthz</c> reports: whether the container engine answers and the sandbox image is present. Without a
+/// valid API key (when keys are configured) only <see cref="Status"/> is given; with one, everything.
+/// </summary>
 public sealed record HealthReport
 {
     /// <summary><c>healthy</c> when the engine answers and the image is present, otherwise <c>unhealthy</c>.</summary>
     public required string Status { get; init; }
 
-    /// <summary>State of the container engine.</summary>
-    public required EngineHealth Engine { get; init; }
+    /// <summary>State of the container engine (with a key).</summary>
+    public EngineHealth? Engine { get; init; }
 
-    /// <summary>State of the default sandbox image.</summary>
-    public required ImageHealth Image { get; init; }
+    /// <summary>State of the default sandbox image (with a key).</summary>
+    public ImageHealth? Image { get; init; }
 
-    /// <summary>Server version.</summary>
-    public required string Version { get; init; }
+    /// <summary>Server version (with a key).</summary>
+    public string? Version { get; init; }
+
+    /// <summary>How full this host is against the operator's limits (with a key).</summary>
+    public CapacityReport? Capacity { get; init; }
+}
+
+/// <summary>What this host has committed to sessions, against the limits beyond which new sessions are refused (503 <c>capacity_exhausted</c>).</summary>
+public sealed record CapacityReport
+{
+    /// <summary>Sessions and pre-started pool containers on this host.</summary>
+    public required int Sessions { get; init; }
+
+    /// <summary>The most sessions (pool included) the operator allows on this host.</summary>
+    public required int MaxSessions { get; init; }
+
+    /// <summary>The sum of the memory limits of those containers, in bytes.</summary>
+    public required long CommittedMemoryBytes { get; init; }
+
+    /// <summary>The most memory the operator allows to commit, in bytes.</summary>
+    public required long MaxCommittedMemoryBytes { get; init; }
+
+    /// <summary>The sum of the disk limits of their workspaces and user storage, when disks are bounded.</summary>
+    public long? CommittedDiskBytes { get; init; }
+
+    /// <summary>The most disk the operator allows to commit, when disks are bounded.</summary>
+    public long? MaxCommittedDiskBytes { get; init; }
 }
 
 /// <summary>Container engine state as seen by the server.</summary>

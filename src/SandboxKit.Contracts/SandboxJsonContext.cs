@@ -8,6 +8,7 @@ namespace SandboxKit.Contracts;
     JsonSerializerDefaults.Web,
     DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
 [JsonSerializable(typeof(HealthReport))]
+[JsonSerializable(typeof(CapacityReport))]
 [JsonSerializable(typeof(CreateSessionRequest))]
 [JsonSerializable(typeof(SessionInfo))]
 [JsonSerializable(typeof(SessionList))]

@@ -35,6 +35,9 @@ public sealed record CreateSessionRequest
 
     /// <summary>The app's own end user. Sessions with a user id get that user's persistent storage.</summary>
     public string? UserId { get; init; }
+
+    /// <summary>Size of the session's <c>/workspace</c> disk in bytes (bounded by the server's maximum); a command that fills it gets <c>ENOSPC</c>.</summary>
+    public long? DiskBytes { get; init; }
 }
 
 /// <summary>A session as the server describes it.</summary>
@@ -43,7 +46,8 @@ public sealed record SessionInfo
     /// <summary>Session id.</summary>
     public required string Id { get; init; }
 
-    /// <summary><c>running</c>, or <c>gone</c> when the container disappeared.</summary>
+    /// <summary><c>running</c>; <c>unresponsive</c> while its supervisor does not answer (requests get 503 <c>supervisor_unavailable</c>
+    /// and each one tries again); <c>gone</c> when the container disappeared.</summary>
     public required string Status { get; init; }
 
     /// <summary>Image the session runs.</summary>
@@ -87,6 +91,9 @@ public sealed record SessionInfo
 
     /// <summary>What the session's image offers (interpreters and their versions), as its supervisor found it.</summary>
     public ImageOffers? Offers { get; init; }
+
+    /// <summary>Size of the session's <c>/workspace</c> disk in bytes; null when this server does not bound disks.</summary>
+    public long? DiskBytes { get; init; }
 
     /// <summary>The version of the supervisor running in the session.</summary>
     public string? SupervisorVersion { get; init; }

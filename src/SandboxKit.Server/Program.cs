@@ -4,7 +4,7 @@ try
 {
     var app = SandboxServerApp.Build(args);
     SandboxServerApp.EnsureAddressesAreFree(app);
-    await app.StartAsync();
+    await SandboxServerApp.StartCheckedAsync(app);
     foreach (var url in app.Urls)
     {
         Console.WriteLine($"SandboxKit server {ServerInfo.Version} listening on {url}");

@@ -59,6 +59,7 @@ public static class SandboxServerApp
             .Bind(builder.Configuration.GetSection(SandboxOptions.Section))
             .ValidateDataAnnotations()
             .ValidateOnStart();
+        builder.Services.AddSingleton<Microsoft.Extensions.Options.IValidateOptions<SandboxOptions>, SandboxOptionsValidator>();
         builder.Services.AddOptions<AuthOptions>().Bind(builder.Configuration.GetSection(AuthOptions.Section));
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton<SandboxImage>();
@@ -77,6 +78,11 @@ public static class SandboxServerApp
         builder.Services.AddSingleton<CommandRunner>();
         builder.Services.AddSingleton<FileService>();
         builder.Services.AddSingleton<JobService>();
+        builder.Services.AddSingleton<DiskStore>();
+        builder.Services.AddSingleton<BlockIo>();
+        builder.Services.AddSingleton<CapacityGuard>();
+        builder.Services.AddSingleton<HealthProbe>();
+        builder.Services.AddSingleton<IdempotencyStore>();
         builder.Services.AddSingleton<WarmPool>();
         // Order matters: the reaper adopts existing sessions in its StartAsync, before the pool starts containers.
         builder.Services.AddHostedService<SessionReaper>();
@@ -92,7 +98,11 @@ public static class SandboxServerApp
 
         app.UseExceptionHandler();
         app.UseStatusCodePages();
+        // Order matters: keyless-mode host/origin checks, then rate limits (per tenant, or per address without a key),
+        // then the key check (401 before any body is read), and only then anything that does work.
+        app.UseMiddleware<LoopbackGuardMiddleware>();
         app.UseRateLimiter();
+        app.UseMiddleware<TenantMiddleware>();
         app.UseWebSockets(new WebSocketOptions { KeepAliveInterval = TimeSpan.FromSeconds(15) });
         app.UseMiddleware<IdempotencyMiddleware>();
         app.MapOpenApi("/openapi/{documentName}.json");
@@ -105,6 +115,28 @@ public static class SandboxServerApp
         app.MapSeedApi();
         app.MapSandboxMcp();
         return app;
+    }
+
+    /// <summary>
+    /// Starts the application and then checks the addresses it actually bound (see <see cref="LoopbackGuard"/>): URLs and
+    /// <c>Kestrel:Endpoints</c> can name addresses the configured URL check never saw.
+    /// </summary>
+    /// <param name="app">The application from <see cref="Build"/>.</param>
+    /// <returns>A task that completes once the server listens.</returns>
+    /// <exception cref="StartupException">Without API keys, a non-loopback address was bound (the application is stopped).</exception>
+    public static async Task StartCheckedAsync(WebApplication app)
+    {
+        ArgumentNullException.ThrowIfNull(app);
+        await app.StartAsync().ConfigureAwait(false);
+        try
+        {
+            LoopbackGuard.CheckBoundAddresses(app.Services.GetRequiredService<Microsoft.AspNetCore.Hosting.Server.IServer>(), app.Services.GetRequiredService<TenantResolver>());
+        }
+        catch (StartupException)
+        {
+            await app.StopAsync().ConfigureAwait(false);
+            throw;
+        }
     }
 
     /// <summary>Without API keys anyone who reaches the port can run code: allow that only on loopback.</summary>
@@ -157,12 +189,5 @@ public static class SandboxServerApp
         }
     }
 
-    private static bool IsLoopback(string url)
-    {
-        if (!Uri.TryCreate(url.Replace("://*", "://0.0.0.0", StringComparison.Ordinal).Replace("://+", "://0.0.0.0", StringComparison.Ordinal), UriKind.Absolute, out var uri))
-        {
-            return false;
-        }
-        return uri.IsLoopback || (IPAddress.TryParse(uri.Host.Trim('[', ']'), out var ip) && IPAddress.IsLoopback(ip));
-    }
+    private static bool IsLoopback(string url) => LoopbackGuard.IsLoopbackUrl(url);
 }

@@ -210,8 +210,8 @@ public class RetryTests : WireMockTestBase
         var report = await client.GetHealthAsync();
 
         Assert.That(report.Status, Is.EqualTo("unhealthy"));
-        Assert.That(report.Engine.Reachable, Is.False);
-        Assert.That(report.Engine.Error, Is.EqualTo("no engine"));
+        Assert.That(report.Engine!.Reachable, Is.False);
+        Assert.That(report.Engine!.Error, Is.EqualTo("no engine"));
         Assert.That(Requests("GET", "/healthz"), Has.Count.EqualTo(1));
     }
 

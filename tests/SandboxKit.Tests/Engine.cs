@@ -16,7 +16,7 @@ internal static class Engine
     {
         var containers = await Docker.ListContainersAsync(SessionLabels.Instance, instance, CancellationToken.None);
         var volumes = await Docker.ListVolumesAsync(SessionLabels.Instance, instance, CancellationToken.None);
-        return containers.Count + volumes.Count;
+        return containers.Count + volumes.Count + DiskImages(instance).Length;
     }
 
     /// <summary>Removes what an instance left (after asserting there was nothing to remove, where the test wants that).</summary>
@@ -30,5 +30,40 @@ internal static class Engine
         {
             await Docker.RemoveVolumeAsync(v.Name, CancellationToken.None);
         }
+        RemoveDisks(instance);
+    }
+
+    /// <summary>Where a test instance's bounded disks live (the server's default per-instance directory).</summary>
+    public static string DiskDirectory(string instance) => Path.Combine("/var/lib/sandboxkit/disks", instance);
+
+    /// <summary>The disk image files an instance still has.</summary>
+    public static string[] DiskImages(string instance) =>
+        Directory.Exists(DiskDirectory(instance)) ? Directory.GetFiles(DiskDirectory(instance), "*.img") : [];
+
+    /// <summary>Unmounts and detaches an instance's disks and deletes their images (a failed test must not leak devices).</summary>
+    private static void RemoveDisks(string instance)
+    {
+        var directory = DiskDirectory(instance);
+        if (!Directory.Exists(directory))
+        {
+            return;
+        }
+        var mounts = Path.Combine(directory, "mnt");
+        foreach (var mountPoint in Directory.Exists(mounts) ? Directory.GetDirectories(mounts) : [])
+        {
+            using var umount = System.Diagnostics.Process.Start("umount", ["-l", mountPoint]);
+            umount.WaitForExit();
+        }
+        var images = new HashSet<string>(Directory.GetFiles(directory, "*.img"), StringComparer.Ordinal);
+        foreach (var block in Directory.EnumerateDirectories("/sys/block", "loop*"))
+        {
+            var backing = Path.Combine(block, "loop", "backing_file");
+            if (File.Exists(backing) && images.Contains(File.ReadAllText(backing).Trim()))
+            {
+                using var losetup = System.Diagnostics.Process.Start("losetup", ["-d", "/dev/" + Path.GetFileName(block)]);
+                losetup.WaitForExit();
+            }
+        }
+        Directory.Delete(directory, recursive: true);
     }
 }

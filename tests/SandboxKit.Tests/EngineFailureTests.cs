@@ -35,7 +35,7 @@ public sealed class EngineFailureTests
 
             relay = EngineRelay.Start(socketPath);
             Assert.That((await host.ExecuteAsync(before.Id, "echo again")).Stdout, Is.EqualTo("again\n"));
-            Assert.That((await host.Http.GetAsync("/healthz")).StatusCode, Is.EqualTo(HttpStatusCode.OK));
+            Assert.That(await HealthyWithinAsync(host, TimeSpan.FromSeconds(10)), Is.True, "health is probed at most every 2 s");
             var after = await host.CreateSessionAsync();
             Assert.That((await host.ExecuteAsync(after.Id, "echo back")).Stdout, Is.EqualTo("back\n"));
             await host.DeleteSessionAsync(after.Id);
@@ -48,6 +48,52 @@ public sealed class EngineFailureTests
         }
         await host.DisposeAsync();
         Assert.That(await Engine.CountResourcesAsync(host.Instance), Is.Zero);
+    }
+
+    [Test]
+    public async Task A_server_started_without_its_engine_stays_up_answers_503_and_works_once_the_engine_comes()
+    {
+        var socketPath = Path.Combine(Path.GetTempPath(), $"sk-relay-{Guid.NewGuid():N}.sock");
+        await using var host = await ServerHost.StartAsync(new Dictionary<string, string?>
+        {
+            ["Sandbox:DockerEndpoint"] = "unix://" + socketPath,
+            ["Sandbox:ReaperIntervalSeconds"] = "0.5",
+        });
+        EngineRelay? relay = null;
+        try
+        {
+            Assert.That((await host.Http.GetAsync("/healthz")).StatusCode, Is.EqualTo(HttpStatusCode.ServiceUnavailable));
+            var create = await host.Http.PostAsJsonAsync("/v1/sessions", new CreateSessionRequest(), SandboxJsonContext.Default.CreateSessionRequest);
+            Assert.That(create.StatusCode, Is.EqualTo(HttpStatusCode.ServiceUnavailable));
+            Assert.That((await ServerHost.ProblemAsync(create)).GetProperty("code").GetString(), Is.EqualTo("engine_unavailable"));
+
+            relay = EngineRelay.Start(socketPath);
+            Assert.That(await HealthyWithinAsync(host, TimeSpan.FromSeconds(10)), Is.True);
+            var session = await host.CreateSessionAsync();
+            Assert.That((await host.ExecuteAsync(session.Id, "echo late")).Stdout, Is.EqualTo("late\n"));
+            await host.DeleteSessionAsync(session.Id);
+        }
+        finally
+        {
+            relay?.Dispose();
+            File.Delete(socketPath);
+        }
+        await host.DisposeAsync();
+        Assert.That(await Engine.CountResourcesAsync(host.Instance), Is.Zero);
+    }
+
+    private static async Task<bool> HealthyWithinAsync(ServerHost host, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while ((await host.Http.GetAsync("/healthz")).StatusCode != HttpStatusCode.OK)
+        {
+            if (DateTime.UtcNow > deadline)
+            {
+                return false;
+            }
+            await Task.Delay(250);
+        }
+        return true;
     }
 
     /// <summary>Relays connections from a Unix socket to the real engine's socket; disposing cuts them all.</summary>

@@ -20,10 +20,10 @@ public sealed class FoundationTests
         Assert.Multiple(() =>
         {
             Assert.That(report!.Status, Is.EqualTo("healthy"));
-            Assert.That(report.Engine.Reachable, Is.True);
-            Assert.That(report.Engine.Version, Is.Not.Empty);
-            Assert.That(report.Image.Present, Is.True);
-            Assert.That(report.Image.Name, Is.EqualTo(Engine.Image));
+            Assert.That(report.Engine!.Reachable, Is.True);
+            Assert.That(report.Engine!.Version, Is.Not.Empty);
+            Assert.That(report.Image!.Present, Is.True);
+            Assert.That(report.Image!.Name, Is.EqualTo(Engine.Image));
         });
     }
 
@@ -34,8 +34,8 @@ public sealed class FoundationTests
         var response = await host.Http.GetAsync("/healthz");
         Assert.That(response.StatusCode, Is.EqualTo(HttpStatusCode.ServiceUnavailable));
         var report = await response.Content.ReadFromJsonAsync(SandboxJsonContext.Default.HealthReport);
-        Assert.That(report!.Engine.Reachable, Is.False);
-        Assert.That(report.Engine.Error, Does.Contain("not reachable"));
+        Assert.That(report!.Engine!.Reachable, Is.False);
+        Assert.That(report.Engine!.Error, Does.Contain("not reachable"));
     }
 
     [Test]
@@ -45,8 +45,8 @@ public sealed class FoundationTests
         var response = await host.Http.GetAsync("/healthz");
         Assert.That(response.StatusCode, Is.EqualTo(HttpStatusCode.ServiceUnavailable));
         var report = await response.Content.ReadFromJsonAsync(SandboxJsonContext.Default.HealthReport);
-        Assert.That(report!.Engine.Reachable, Is.True);
-        Assert.That(report.Image.Present, Is.False);
+        Assert.That(report!.Engine!.Reachable, Is.True);
+        Assert.That(report.Image!.Present, Is.False);
     }
 
     [Test]

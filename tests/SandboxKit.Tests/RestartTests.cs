@@ -1,7 +1,5 @@
-using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Json;
-using System.Net.Sockets;
 using SandboxKit.Contracts;
 
 namespace SandboxKit.Tests;
@@ -10,14 +8,19 @@ namespace SandboxKit.Tests;
 [TestFixture]
 public sealed class RestartTests
 {
+    private static readonly Dictionary<string, string> Settings = new()
+    {
+        ["Sandbox:WarmPoolSize"] = "1",
+        ["Sandbox:ReaperIntervalSeconds"] = "0.5",
+    };
+
     [Test]
     public async Task Sessions_survive_a_SIGKILLed_server_with_their_files_and_state()
     {
         var instance = "test" + Guid.NewGuid().ToString("N")[..8];
         TestRun.Track(instance);
-        var port = FreePort();
-        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(60) };
-        var server = await StartServerAsync(instance, port, http);
+        var server = await ServerProcess.StartAsync(instance, settings: Settings);
+        var http = server.Http;
         string sessionId;
         try
         {
@@ -29,13 +32,13 @@ public sealed class RestartTests
         }
         finally
         {
-            server.Kill(entireProcessTree: true);
-            await server.WaitForExitAsync();
+            await server.KillAsync();
         }
 
         // While the server is dead the short-lived session passes its maximum lifetime.
         await Task.Delay(2500);
-        server = await StartServerAsync(instance, port, http);
+        await using var restarted = await ServerProcess.StartAsync(instance, server.Port, Settings);
+        http = restarted.Http;
         try
         {
             var list = await http.GetFromJsonAsync("/v1/sessions", SandboxJsonContext.Default.SessionList);
@@ -46,9 +49,103 @@ public sealed class RestartTests
         }
         finally
         {
-            server.Kill(entireProcessTree: true);
-            await server.WaitForExitAsync();
+            await restarted.KillAsync();
+            await server.DisposeAsync();
             await Engine.RemoveAllAsync(instance);
+        }
+    }
+
+    [Test]
+    public async Task A_keyed_command_cut_off_by_a_SIGKILLed_server_runs_once_and_its_retry_gets_the_first_result()
+    {
+        var instance = "test" + Guid.NewGuid().ToString("N")[..8];
+        var settings = new Dictionary<string, string> { ["Sandbox:WarmPoolSize"] = "0" };
+        var server = await ServerProcess.StartAsync(instance, settings: settings);
+        var key = Guid.NewGuid().ToString();
+        var body = new ExecuteRequest { Command = "echo run >> /workspace/runs; sleep 3; echo \"done $RANDOM$RANDOM\"" };
+        string sessionId;
+        try
+        {
+            var created = await server.Http.PostAsJsonAsync("/v1/sessions", new CreateSessionRequest(), SandboxJsonContext.Default.CreateSessionRequest);
+            sessionId = (await created.Content.ReadFromJsonAsync(SandboxJsonContext.Default.SessionInfo))!.Id;
+            var first = server.Http.SendAsync(Keyed($"/v1/sessions/{sessionId}/commands", body, key));
+            await WaitUntilAsync(async () => (await Execute(server.Http, sessionId, "cat /workspace/runs 2>/dev/null")).Stdout == "run\n");
+            await server.KillAsync();
+            Assert.That(async () => await first, Throws.InstanceOf<HttpRequestException>(), "the first caller lost its server");
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+
+        await using var restarted = await ServerProcess.StartAsync(instance, server.Port, settings);
+        try
+        {
+            // The retry joins the command the supervisor still runs (or gets its kept result), and so does the next one.
+            var retry = await restarted.Http.SendAsync(Keyed($"/v1/sessions/{sessionId}/commands", body, key));
+            await ServerHost.EnsureAsync(retry, HttpStatusCode.OK);
+            var result = (await retry.Content.ReadFromJsonAsync(SandboxJsonContext.Default.ExecuteResult))!;
+            Assert.That(result.Stdout, Does.StartWith("done "));
+            var again = await restarted.Http.SendAsync(Keyed($"/v1/sessions/{sessionId}/commands", body, key));
+            Assert.That((await again.Content.ReadFromJsonAsync(SandboxJsonContext.Default.ExecuteResult))!.Stdout, Is.EqualTo(result.Stdout));
+            Assert.That((await Execute(restarted.Http, sessionId, "cat /workspace/runs")).Stdout, Is.EqualTo("run\n"), "the command ran once");
+
+            var other = await restarted.Http.SendAsync(Keyed($"/v1/sessions/{sessionId}/commands", new ExecuteRequest { Command = "echo other" }, key));
+            Assert.That(other.StatusCode, Is.EqualTo(HttpStatusCode.UnprocessableEntity), "the same key with another command");
+            await restarted.Http.DeleteAsync($"/v1/sessions/{sessionId}");
+        }
+        finally
+        {
+            await restarted.KillAsync();
+            await Engine.RemoveAllAsync(instance);
+        }
+    }
+
+    [Test]
+    public async Task A_graceful_stop_removes_the_warm_pool_and_keeps_the_sessions()
+    {
+        var instance = "test" + Guid.NewGuid().ToString("N")[..8];
+        var server = await ServerProcess.StartAsync(instance, settings: new Dictionary<string, string> { ["Sandbox:WarmPoolSize"] = "2" });
+        try
+        {
+            var created = await server.Http.PostAsJsonAsync("/v1/sessions", new CreateSessionRequest(), SandboxJsonContext.Default.CreateSessionRequest);
+            var session = (await created.Content.ReadFromJsonAsync(SandboxJsonContext.Default.SessionInfo))!;
+            await WaitUntilAsync(async () => (await PoolContainersAsync(instance)) == 2);
+
+            Assert.That(await server.TerminateAsync(TimeSpan.FromSeconds(60)), Is.Zero, "a clean exit");
+            Assert.That(await PoolContainersAsync(instance), Is.Zero, "no pooled container outlives the server");
+            var containers = await Engine.Docker.ListContainersAsync(SandboxKit.Server.Sessions.SessionLabels.Instance, instance, CancellationToken.None);
+            Assert.That(containers.Select(c => c.Id), Has.Exactly(1).Items, "the session lives on for the next start");
+            Assert.That(session.Id, Is.Not.Empty);
+        }
+        finally
+        {
+            await server.DisposeAsync();
+            await Engine.RemoveAllAsync(instance);
+        }
+
+        static async Task<int> PoolContainersAsync(string instance) =>
+            (await Engine.Docker.ListContainersAsync(SandboxKit.Server.Sessions.SessionLabels.Instance, instance, CancellationToken.None))
+                .Count(c => c.Name.Contains("-pool-", StringComparison.Ordinal));
+    }
+
+    private static HttpRequestMessage Keyed(string path, ExecuteRequest body, string key)
+    {
+        var request = new HttpRequestMessage(HttpMethod.Post, path) { Content = JsonContent.Create(body, SandboxJsonContext.Default.ExecuteRequest) };
+        request.Headers.Add("Idempotency-Key", key);
+        return request;
+    }
+
+    private static async Task WaitUntilAsync(Func<Task<bool>> condition)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (!await condition())
+        {
+            if (DateTime.UtcNow > deadline)
+            {
+                Assert.Fail("The condition did not hold within 60 s.");
+            }
+            await Task.Delay(100);
         }
     }
 
@@ -57,52 +154,5 @@ public sealed class RestartTests
         var response = await http.PostAsJsonAsync($"/v1/sessions/{session}/commands", new ExecuteRequest { Command = command }, SandboxJsonContext.Default.ExecuteRequest);
         await ServerHost.EnsureAsync(response, HttpStatusCode.OK);
         return (await response.Content.ReadFromJsonAsync(SandboxJsonContext.Default.ExecuteResult))!;
-    }
-
-    private static async Task<Process> StartServerAsync(string instance, int port, HttpClient http)
-    {
-        var info = new ProcessStartInfo("dotnet")
-        {
-            ArgumentList =
-            {
-                Path.Combine(AppContext.BaseDirectory, "SandboxKit.Server.dll"),
-                "--urls", $"http://127.0.0.1:{port}",
-                $"--Sandbox:InstanceName={instance}",
-                "--Sandbox:WarmPoolSize=1",
-                "--Sandbox:ReaperIntervalSeconds=0.5",
-            },
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-        };
-        var process = Process.Start(info)!;
-        process.OutputDataReceived += (_, _) => { };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) { TestContext.Progress.WriteLine("server: " + e.Data); } };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        var deadline = DateTime.UtcNow.AddSeconds(30);
-        while (DateTime.UtcNow < deadline)
-        {
-            try
-            {
-                if ((await http.GetAsync("/healthz")).StatusCode == HttpStatusCode.OK)
-                {
-                    return process;
-                }
-            }
-            catch (HttpRequestException)
-            {
-            }
-            await Task.Delay(200);
-        }
-        process.Kill(entireProcessTree: true);
-        Assert.Fail("The server process did not become healthy within 30 s.");
-        return process;
-    }
-
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 }

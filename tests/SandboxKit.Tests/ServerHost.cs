@@ -37,7 +37,7 @@ public sealed class ServerHost : IAsyncDisposable
             args.Add($"--{key}={value}");
         }
         var app = SandboxServerApp.Build(args.ToArray());
-        await app.StartAsync();
+        await SandboxServerApp.StartCheckedAsync(app);
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         return new ServerHost(app, instance, new Uri(address));
     }

@@ -18,14 +18,16 @@ internal static class CommandsApi
         var group = app.MapGroup("/v1/sessions/{id}").WithTags("Commands").RequireTenant();
         group.MapPost("/commands", ExecuteAsync)
             .WithSummary("Run a bash command in the session's shell state and wait for its result (non-zero exit is a normal result).")
-            .ProducesStandardProblems();
+            .ProducesStandardProblems()
+            .StartsWork();
         group.MapPost("/commands/stream", StreamAsync)
             .WithSummary("Run a command and stream its events as Server-Sent Events; disconnecting kills the command.")
             .Produces(StatusCodes.Status200OK, contentType: "text/event-stream")
             .ProducesStandardProblems();
         group.MapPost("/code", RunCodeAsync)
             .WithSummary("Run python, node or bash source text as a file with its interpreter (422 when the image lacks it).")
-            .ProducesStandardProblems();
+            .ProducesStandardProblems()
+            .StartsWork();
         return group;
     }
 

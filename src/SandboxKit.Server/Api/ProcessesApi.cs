@@ -16,7 +16,7 @@ internal static class ProcessesApi
     public static RouteGroupBuilder MapProcessesApi(this IEndpointRouteBuilder app)
     {
         var group = app.MapGroup("/v1/sessions/{id}/processes").WithTags("Processes").RequireTenant();
-        group.MapPost("/", StartAsync).WithSummary("Start a command in the background; returns its id at once.").ProducesStandardProblems();
+        group.MapPost("/", StartAsync).WithSummary("Start a command in the background; returns its id at once.").ProducesStandardProblems().StartsWork();
         group.MapGet("/", ListAsync).WithSummary("List the session's background processes.").ProducesStandardProblems();
         group.MapGet("/{processId}", GetAsync).WithSummary("A background process's state and, once exited, its result.").ProducesStandardProblems();
         group.MapGet("/{processId}/output", OutputAsync).WithSummary("Output events after a cursor (0 for all that is still kept).").ProducesStandardProblems();
@@ -28,7 +28,7 @@ internal static class ProcessesApi
     private static async Task<Created<ProcessInfo>> StartAsync(
         HttpContext http, SessionRegistry sessions, JobService jobs, string id, StartProcessRequest request, CancellationToken cancellationToken)
     {
-        var process = await jobs.StartAsync(sessions.Get(http.GetTenant(), id), request, cancellationToken);
+        var process = await jobs.StartAsync(sessions.Get(http.GetTenant(), id), request, cancellationToken, http.GetIdempotencyToken());
         return TypedResults.Created($"/v1/sessions/{id}/processes/{process.Id}", process);
     }
 

@@ -16,15 +16,15 @@ internal static class SeedApi
     public static IEndpointRouteBuilder MapSeedApi(this IEndpointRouteBuilder app)
     {
         var group = app.MapGroup("/").WithTags("Seed-compatible").RequireTenant();
-        group.MapPost("/create_session", CreateAsync).WithSummary("Seed-compatible: create a session with the default settings.");
-        group.MapPost("/execute", ExecuteAsync).WithSummary("Seed-compatible: run a command; stdout and stderr come back together, in order.");
+        group.MapPost("/create_session", CreateAsync).WithSummary("Seed-compatible: create a session with the default settings.").StartsWork();
+        group.MapPost("/execute", ExecuteAsync).WithSummary("Seed-compatible: run a command; stdout and stderr come back together, in order.").StartsWork();
         group.MapPost("/cleanup", CleanupAsync).WithSummary("Seed-compatible: delete a session.");
         return app;
     }
 
     private static async Task<Ok<SeedCreateSessionResponse>> CreateAsync(HttpContext http, SessionCreator creator, CancellationToken cancellationToken)
     {
-        var session = await creator.CreateAsync(http.GetTenant(), new CreateSessionRequest(), cancellationToken);
+        var session = await creator.CreateAsync(http.GetTenant(), new CreateSessionRequest(), cancellationToken, http.GetIdempotencyToken());
         return TypedResults.Ok(new SeedCreateSessionResponse(session.Id, "created"));
     }
 

@@ -12,7 +12,7 @@ internal static class SessionsApi
     public static RouteGroupBuilder MapSessionsApi(this IEndpointRouteBuilder app)
     {
         var group = app.MapGroup("/v1/sessions").WithTags("Sessions").RequireTenant();
-        group.MapPost("/", CreateAsync).WithSummary("Create a session: one hardened container, bounded by the server's maxima.").ProducesStandardProblems();
+        group.MapPost("/", CreateAsync).WithSummary("Create a session: one hardened container, bounded by the server's maxima.").ProducesStandardProblems().StartsWork();
         group.MapGet("/", List).WithSummary("List the caller's sessions; filter with userId and metadata[key]=value.");
         group.MapGet("/{id}", Get).WithSummary("Describe a session, including what its image offers.").ProducesStandardProblems();
         group.MapDelete("/{id}", DeleteAsync).WithSummary("Delete a session and its container.").ProducesStandardProblems();
@@ -36,7 +36,7 @@ internal static class SessionsApi
 
     private static async Task<Created<SessionInfo>> CreateAsync(HttpContext http, SessionCreator creator, CreateSessionRequest? request, CancellationToken cancellationToken)
     {
-        var session = await creator.CreateAsync(http.GetTenant(), request ?? new CreateSessionRequest(), cancellationToken);
+        var session = await creator.CreateAsync(http.GetTenant(), request ?? new CreateSessionRequest(), cancellationToken, http.GetIdempotencyToken());
         return TypedResults.Created($"/v1/sessions/{session.Id}", session.ToInfo());
     }
 

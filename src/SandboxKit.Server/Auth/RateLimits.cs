@@ -12,22 +12,36 @@ internal static class RateLimits
     public static IServiceCollection AddTenantRateLimits(this IServiceCollection services) =>
         services.AddRateLimiter(options =>
         {
-            options.GlobalLimiter = PartitionedRateLimiter.Create<HttpContext, string>(context =>
+            // A request with a valid key counts against its tenant's rate; one without (it will be answered 401, or it is
+            // an anonymous health check) against its client address, and all of those together against a concurrency cap,
+            // so a flood of keyless requests costs the server a bounded amount of work.
+            var perCaller = PartitionedRateLimiter.Create<HttpContext, string>(context =>
             {
-                var tenant = TryGetTenant(context);
-                if (tenant is not { RequestsPerSecond: > 0 })
+                var tenant = context.TryGetTenant();
+                if (tenant is not null)
                 {
-                    return RateLimitPartition.GetNoLimiter("unlimited");
+                    return tenant.RequestsPerSecond > 0
+                        ? RateLimitPartition.GetTokenBucketLimiter("tenant:" + tenant.Name, _ => Bucket(tenant.RequestsPerSecond))
+                        : RateLimitPartition.GetNoLimiter("tenant:unlimited");
                 }
-                return RateLimitPartition.GetTokenBucketLimiter(tenant.Name, _ => new TokenBucketRateLimiterOptions
-                {
-                    TokenLimit = tenant.RequestsPerSecond * 2,
-                    TokensPerPeriod = tenant.RequestsPerSecond,
-                    ReplenishmentPeriod = TimeSpan.FromSeconds(1),
-                    QueueLimit = 0,
-                    AutoReplenishment = true,
-                });
+                var auth = context.RequestServices.GetRequiredService<Microsoft.Extensions.Options.IOptions<AuthOptions>>().Value;
+                var address = context.Connection.RemoteIpAddress?.ToString() ?? "unknown";
+                return auth.AnonymousRequestsPerSecond > 0
+                    ? RateLimitPartition.GetTokenBucketLimiter("anonymous:" + address, _ => Bucket(auth.AnonymousRequestsPerSecond))
+                    : RateLimitPartition.GetNoLimiter("anonymous:unlimited");
             });
+            var anonymousConcurrency = PartitionedRateLimiter.Create<HttpContext, string>(context =>
+            {
+                if (context.TryGetTenant() is not null)
+                {
+                    return RateLimitPartition.GetNoLimiter("tenant");
+                }
+                var auth = context.RequestServices.GetRequiredService<Microsoft.Extensions.Options.IOptions<AuthOptions>>().Value;
+                return auth.AnonymousConcurrentRequests > 0
+                    ? RateLimitPartition.GetConcurrencyLimiter("anonymous", _ => new ConcurrencyLimiterOptions { PermitLimit = auth.AnonymousConcurrentRequests, QueueLimit = 0 })
+                    : RateLimitPartition.GetNoLimiter("anonymous");
+            });
+            options.GlobalLimiter = PartitionedRateLimiter.CreateChained(perCaller, anonymousConcurrency);
             options.OnRejected = async (context, cancellationToken) =>
             {
                 var retryAfter = context.Lease.TryGetMetadata(MetadataName.RetryAfter, out var wait) ? wait : TimeSpan.FromSeconds(1);
@@ -38,7 +52,9 @@ internal static class RateLimits
                 {
                     Status = StatusCodes.Status429TooManyRequests,
                     Title = "Rate limit exceeded",
-                    Detail = "This tenant sent more requests per second than it is allowed; retry after the given delay.",
+                    Detail = http.TryGetTenant() is null
+                        ? "Too many requests without a valid API key from this address; retry after the given delay."
+                        : "This tenant sent more requests per second than it is allowed; retry after the given delay.",
                 };
                 problem.Extensions["code"] = ProblemCodes.RateLimited;
                 await http.RequestServices.GetRequiredService<IProblemDetailsService>()
@@ -46,16 +62,12 @@ internal static class RateLimits
             };
         });
 
-    private static Tenant? TryGetTenant(HttpContext context)
+    private static TokenBucketRateLimiterOptions Bucket(int perSecond) => new()
     {
-        try
-        {
-            return context.GetTenant();
-        }
-        catch (ApiProblemException)
-        {
-            // No valid key: the endpoint's own check answers 401; anonymous endpoints (health) are not limited.
-            return null;
-        }
-    }
+        TokenLimit = perSecond * 2,
+        TokensPerPeriod = perSecond,
+        ReplenishmentPeriod = TimeSpan.FromSeconds(1),
+        QueueLimit = 0,
+        AutoReplenishment = true,
+    };
 }

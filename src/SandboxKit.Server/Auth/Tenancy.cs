@@ -21,6 +21,13 @@ public sealed class AuthOptions
     /// <summary>Requests per second each tenant may make (token bucket, bursts up to twice this); 0 means no limit.
     /// A key's own <see cref="ApiKeyOptions.RequestsPerSecond"/> overrides it.</summary>
     public int DefaultRequestsPerSecond { get; set; }
+
+    /// <summary>Requests per second one client address may make without a valid key (bursts to twice this): they are
+    /// answered 401 at once, but each still costs a key hash, so a flood is cut here.</summary>
+    public int AnonymousRequestsPerSecond { get; set; } = 20;
+
+    /// <summary>Requests without a valid key in progress at once, over all clients.</summary>
+    public int AnonymousConcurrentRequests { get; set; } = 64;
 }
 
 /// <summary>One API key. Give <see cref="KeySha256"/> (hex SHA-256 of the key) in production; <see cref="Key"/> is hashed at start.</summary>
@@ -69,6 +76,17 @@ internal sealed class TenantResolver
 
     public bool KeysConfigured => _anonymous is null;
 
+    /// <summary>The caller's tenant, or null when the request carries no valid key (never throws).</summary>
+    public Tenant? TryResolve(HttpContext context)
+    {
+        if (_anonymous is not null)
+        {
+            return _anonymous;
+        }
+        var key = ReadKey(context.Request);
+        return key is not null && _byHash.TryGetValue(Hash(key), out var tenant) ? tenant : null;
+    }
+
     public Tenant Resolve(HttpContext context)
     {
         if (_anonymous is not null)
@@ -105,6 +123,12 @@ internal sealed class TenantResolver
     public static string Hash(string key) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)));
 }
 
+/// <summary>Endpoint metadata: the endpoint acts for a tenant, so a valid key is checked before anything else runs.</summary>
+internal sealed class TenantRequiredMetadata
+{
+    public static readonly TenantRequiredMetadata Instance = new();
+}
+
 internal static class TenantHttpContextExtensions
 {
     private static readonly object Key = new();
@@ -120,14 +144,42 @@ internal static class TenantHttpContextExtensions
         return tenant;
     }
 
-    /// <summary>Requires a valid key on every endpoint of the group before its handler runs.</summary>
-    public static RouteGroupBuilder RequireTenant(this RouteGroupBuilder group)
+    /// <summary>The tenant if the request carries a valid key, without failing.</summary>
+    public static Tenant? TryGetTenant(this HttpContext context)
     {
-        group.AddEndpointFilter(async (ctx, next) =>
+        if (context.Items.TryGetValue(Key, out var value) && value is Tenant tenant)
         {
-            ctx.HttpContext.GetTenant();
-            return await next(ctx);
-        });
-        return group;
+            return tenant;
+        }
+        var resolved = context.RequestServices.GetRequiredService<TenantResolver>().TryResolve(context);
+        if (resolved is not null)
+        {
+            context.Items[Key] = resolved;
+        }
+        return resolved;
+    }
+
+    /// <summary>
+    /// Marks every endpoint of the group as acting for a tenant: <see cref="TenantMiddleware"/> answers 401 before
+    /// routing, body parsing or the handler run.
+    /// </summary>
+    public static TBuilder RequireTenant<TBuilder>(this TBuilder builder) where TBuilder : IEndpointConventionBuilder =>
+        builder.WithMetadata(TenantRequiredMetadata.Instance);
+}
+
+/// <summary>
+/// Checks the API key of every request to an endpoint that acts for a tenant, right after routing and rate limiting:
+/// a request without a valid key is answered 401 before its body is read or any work starts.
+/// </summary>
+internal sealed class TenantMiddleware(RequestDelegate next)
+{
+    public Task InvokeAsync(HttpContext context)
+    {
+        if (context.GetEndpoint()?.Metadata.GetMetadata<TenantRequiredMetadata>() is not null)
+        {
+            // Throws the 401 problem for the exception handler.
+            context.GetTenant();
+        }
+        return next(context);
     }
 }

@@ -261,7 +261,7 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
     public Task CreateVolumeAsync(string name, IReadOnlyDictionary<string, string> labels, CancellationToken cancellationToken) => Guard(async () =>
     {
         await _client.Volumes.CreateAsync(
-            new VolumesCreateParameters { Name = name, Labels = labels.ToDictionary() },
+            new VolumesCreateParameters { Name = name, Labels = labels.ToDictionary(), Driver = "local" },
             cancellationToken).ConfigureAwait(false);
         return true;
     });
@@ -313,6 +313,12 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
 
     private static readonly IReadOnlyDictionary<string, string> ReadOnlyEmpty = new Dictionary<string, string>().AsReadOnly();
 
+    private static List<ThrottleDevice>? Ceilings(ContainerSpec spec, Func<BlockIoCeiling, long> rate)
+    {
+        var devices = spec.BlockIoCeilings.Where(c => rate(c) > 0).Select(c => new ThrottleDevice { Path = c.Device, Rate = (ulong)rate(c) }).ToList();
+        return devices.Count > 0 ? devices : null;
+    }
+
     private static CreateContainerParameters ToParameters(ContainerSpec spec)
     {
         var host = new HostConfig
@@ -329,10 +335,15 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
             CapAdd = spec.AddCapabilities.Count > 0 ? spec.AddCapabilities.ToList() : null,
             DNS = spec.Dns.Count > 0 ? spec.Dns.ToList() : null,
             BlkioWeight = spec.BlockIoWeight is { } weight ? (ushort)weight : (ushort)0,
+            ShmSize = spec.ShmSizeBytes ?? 0,
+            BlkioDeviceReadBps = Ceilings(spec, c => c.ReadBytesPerSecond),
+            BlkioDeviceWriteBps = Ceilings(spec, c => c.WriteBytesPerSecond),
+            BlkioDeviceReadIOps = Ceilings(spec, c => c.ReadIops),
+            BlkioDeviceWriteIOps = Ceilings(spec, c => c.WriteIops),
             SecurityOpt = spec.NoNewPrivileges ? ["no-new-privileges:true"] : null,
             Init = spec.Init,
             Tmpfs = spec.Tmpfs.ToDictionary(),
-            Mounts = spec.Volumes.Select(v => new Mount { Type = "volume", Source = v.Source, Target = v.Target, ReadOnly = v.ReadOnly })
+            Mounts = spec.Volumes.Select(v => new Mount { Type = v.Bind ? "bind" : "volume", Source = v.Source, Target = v.Target, ReadOnly = v.ReadOnly })
                 .Concat(spec.AnonymousVolumes.Select(path => new Mount
                 {
                     Type = "volume",

@@ -50,6 +50,7 @@ internal interface IContainerEngine
     /// <summary>A one-shot resource reading; null when the container does not exist.</summary>
     Task<ContainerStats?> GetStatsAsync(string containerId, CancellationToken cancellationToken);
 
+    /// <summary>Creates a volume of the local driver.</summary>
     Task CreateVolumeAsync(string name, IReadOnlyDictionary<string, string> labels, CancellationToken cancellationToken);
 
     /// <summary>The volume's labels, or null when it does not exist.</summary>
@@ -90,7 +91,8 @@ internal sealed record ContainerState(
     string? Error = null);
 
 /// <summary>A named volume mounted into a container.</summary>
-internal sealed record VolumeMount(string Source, string Target, bool ReadOnly = false);
+/// <summary>A named volume at <paramref name="Target"/>; with <paramref name="Bind"/>, <paramref name="Source"/> is a directory of the engine's host instead.</summary>
+internal sealed record VolumeMount(string Source, string Target, bool ReadOnly = false, bool Bind = false);
 
 /// <summary>Everything needed to start one container, engine-neutral.</summary>
 internal sealed record ContainerSpec
@@ -125,7 +127,14 @@ internal sealed record ContainerSpec
     public IReadOnlyList<string> AnonymousVolumes { get; init; } = [];
     /// <summary>Block-IO weight (10-1000) relative to other containers; null: the engine's default.</summary>
     public int? BlockIoWeight { get; init; }
+    /// <summary>Per-device block-IO ceilings.</summary>
+    public IReadOnlyList<BlockIoCeiling> BlockIoCeilings { get; init; } = [];
+    /// <summary>Size of <c>/dev/shm</c> in bytes (a tmpfs: it counts against the memory limit); null: the engine's 64 MiB.</summary>
+    public long? ShmSizeBytes { get; init; }
 }
+
+/// <summary>Ceilings for one block device, e.g. <c>/dev/loop3</c> (0: none of that kind).</summary>
+internal sealed record BlockIoCeiling(string Device, long ReadBytesPerSecond, long WriteBytesPerSecond, long ReadIops, long WriteIops);
 
 /// <summary>The engine could not be reached or refused a request it should have served.</summary>
 internal sealed class EngineUnavailableException(string message, Exception? inner = null) : Exception(message, inner);

@@ -114,6 +114,12 @@ internal sealed class CommandHandle : IAsyncDisposable
                     yield break;
                 default:
                     _finished = true;
+                    if (_keyed && message.Body is ErrorReply { Code: ErrorCodes.Conflict })
+                    {
+                        // The supervisor remembers this key with another request (a retry after a restart that changed the body).
+                        throw SandboxError.Unprocessable(ProblemCodes.InvalidRequest, "Idempotency key reused",
+                            "This Idempotency-Key was already used with a different request body.");
+                    }
                     throw SupervisorErrors.Unexpected(message, "the command's exit");
             }
         }

@@ -17,7 +17,7 @@ internal sealed class JobService(SessionLifecycle lifecycle, CommandRunner comma
 {
     private readonly SandboxOptions _options = options.Value;
 
-    public Task<ProcessInfo> StartAsync(Session session, StartProcessRequest request, CancellationToken cancellationToken)
+    public Task<ProcessInfo> StartAsync(Session session, StartProcessRequest request, CancellationToken cancellationToken, IdempotencyToken? idempotency = null)
     {
         var run = commands.ToRunRequest(new ExecuteRequest
         {
@@ -28,7 +28,9 @@ internal sealed class JobService(SessionLifecycle lifecycle, CommandRunner comma
         {
             Stdin = request.KeepStdinOpen ? "pipe" : "closed",
             Detach = true,
-            JobId = Guid.NewGuid().ToString("N")[..12],
+            // A keyed start gets the same id every time: the supervisor answers a repeat with the job it already runs,
+            // across server restarts too.
+            JobId = idempotency is null ? Guid.NewGuid().ToString("N")[..12] : idempotency.Key[..12],
             RingBytes = _options.OutputCapBytes,
         };
         return lifecycle.UseSupervisorAsync(session, async connection =>

@@ -46,14 +46,7 @@ internal static class SandboxMcp
     /// <returns>The endpoint's convention builder.</returns>
     public static IEndpointConventionBuilder MapSandboxMcp(this WebApplication app, string pattern = DefaultPath)
     {
-        // The MCP SDK maps plain request delegates, which endpoint filters do not run for: check the key in a middleware.
-        app.UseWhen(
-            context => context.Request.Path.StartsWithSegments(pattern, StringComparison.OrdinalIgnoreCase),
-            branch => branch.Use(async (context, next) =>
-            {
-                context.GetTenant();
-                await next(context);
-            }));
-        return app.MapMcp(pattern).WithTags("MCP");
+        // The tenant middleware checks the key of every endpoint carrying this metadata, the MCP SDK's included.
+        return app.MapMcp(pattern).WithTags("MCP").RequireTenant();
     }
 }

@@ -11,7 +11,7 @@ namespace SandboxKit.Server.Sessions;
 /// and init, running as root with only the capabilities it needs to start commands as the command user and to keep
 /// them away from itself (docs/supervisor-protocol.md); its children run without any.
 /// </summary>
-internal sealed class ContainerSpecFactory(IOptions<SandboxOptions> options, SandboxImage images, SupervisorBundle bundle)
+internal sealed class ContainerSpecFactory(IOptions<SandboxOptions> options, SandboxImage images, SupervisorBundle bundle, BlockIo blockIo)
 {
     /// <summary>What the supervisor keeps (and its commands lose): start processes as the user, signal them, own the PTYs it makes.</summary>
     private static readonly string[] SupervisorCapabilities = ["CHOWN", "SETUID", "SETGID", "KILL"];
@@ -19,12 +19,21 @@ internal sealed class ContainerSpecFactory(IOptions<SandboxOptions> options, San
     private readonly SandboxOptions _options = options.Value;
 
     /// <summary>The hardened container for a session shape; every property here is checked from inside a container by the tests.</summary>
-    public ContainerSpec Build(SessionShape shape, string name, string? userVolume, IReadOnlyDictionary<string, string>? environment = null)
+    /// <param name="shape">Image and limits.</param>
+    /// <param name="name">The container's name.</param>
+    /// <param name="userStorage">The end user's storage volume, if any.</param>
+    /// <param name="workspace">The bounded disk for /workspace; null: an anonymous (unbounded) volume.</param>
+    /// <param name="environment">The session's environment.</param>
+    public ContainerSpec Build(SessionShape shape, string name, DiskVolume? userStorage, DiskVolume? workspace, IReadOnlyDictionary<string, string>? environment = null)
     {
         var volumes = new List<VolumeMount> { new(bundle.VolumeName, SupervisorBundle.MountPath, ReadOnly: true) };
-        if (userVolume is not null)
+        if (workspace is not null)
         {
-            volumes.Add(new VolumeMount(userVolume, _options.PersistentStoragePath));
+            volumes.Add(Mount(workspace, SandboxKit.Contracts.SandboxPath.Workspace));
+        }
+        if (userStorage is not null)
+        {
+            volumes.Add(Mount(userStorage, _options.PersistentStoragePath));
         }
         var uid = _options.CommandUid.ToString(CultureInfo.InvariantCulture);
         var gid = _options.CommandGid.ToString(CultureInfo.InvariantCulture);
@@ -67,11 +76,20 @@ internal sealed class ContainerSpecFactory(IOptions<SandboxOptions> options, San
                 [_options.HomePath] = $"rw,nosuid,nodev,size={_options.HomeSize},uid={uid},gid={gid},mode=0755",
                 // Root-only: the supervisor's socket lives here, out of reach of the command user.
                 [SupervisorBundle.RuntimeDirectory] = "rw,nosuid,nodev,noexec,size=1m,mode=0700",
+                // Readable by all, writable by the supervisor only: the egress relay's CA bundle goes here.
+                ["/etc/sandboxkit"] = "rw,nosuid,nodev,noexec,size=1m,mode=0755",
             },
-            AnonymousVolumes = [SandboxKit.Contracts.SandboxPath.Workspace],
+            AnonymousVolumes = workspace is null ? [SandboxKit.Contracts.SandboxPath.Workspace] : [],
             Volumes = volumes,
+            BlockIoWeight = blockIo.Weight,
+            BlockIoCeilings = blockIo.CeilingsFor([workspace?.Device, userStorage?.Device]),
+            ShmSizeBytes = _options.ShmSizeBytes,
         };
     }
+
+    /// <summary>A bounded disk is bound from where the server mounted it; an unbounded one is the engine's volume.</summary>
+    private static VolumeMount Mount(DiskVolume volume, string target) =>
+        volume.MountPath is { } path ? new VolumeMount(path, target, Bind: true) : new VolumeMount(volume.Name, target);
 
     public SessionShape DefaultShape => new(images.Default, _options.DefaultMemoryBytes, _options.DefaultCpus, _options.DefaultPidsLimit, "none", DefaultRuntime);
 

@@ -34,8 +34,26 @@ internal sealed class Session
     public required string Runtime { get; init; }
     public string? PersistentStoragePath { get; init; }
 
+    /// <summary><c>key:fingerprint</c> of the keyed request that created it, if it was keyed.</summary>
+    public string? Idempotency { get; init; }
+
+    /// <summary>The bounded disk volume at /workspace (null when disks are unbounded: an anonymous volume).</summary>
+    public string? WorkspaceVolume { get; init; }
+
+    /// <summary>The size of that disk.</summary>
+    public long? DiskBytes { get; init; }
+
     /// <summary>Set once the session is being deleted or found gone; no new work starts on it.</summary>
     public bool Closed { get; private set; }
+
+    /// <summary>Why the supervisor is not answering (its last connection timed out or a reconnect failed); null while it answers.</summary>
+    public string? Fault { get; private set; }
+
+    /// <summary>
+    /// <c>running</c>; <c>unresponsive</c> while the supervisor does not answer (requests fail with 503
+    /// <c>supervisor_unavailable</c> and each retry tries again); <c>gone</c> once deleted.
+    /// </summary>
+    public string Status => Closed ? "gone" : Fault is not null || _connection is { Unresponsive: true } ? "unresponsive" : "running";
 
     /// <summary>What the image offers, as the supervisor last reported it (null until the first connection).</summary>
     public ImageCapabilities? Capabilities => _connection?.Capabilities ?? _lastCapabilities;
@@ -91,9 +109,22 @@ internal sealed class Session
             }
             if (_connection is not null)
             {
+                if (_connection.Unresponsive)
+                {
+                    Fault = _connection.CloseReason;
+                }
                 await _connection.DisposeAsync().ConfigureAwait(false);
             }
-            UseConnection(await dialer.ConnectAsync(ContainerId, Runtime, Id, timeout, cancellationToken).ConfigureAwait(false));
+            try
+            {
+                UseConnection(await dialer.ConnectAsync(ContainerId, Runtime, Id, timeout, cancellationToken).ConfigureAwait(false));
+            }
+            catch (SupervisorUnavailableException e)
+            {
+                Fault = e.Message;
+                throw;
+            }
+            Fault = null;
             return _connection!;
         }
         finally
@@ -123,7 +154,7 @@ internal sealed class Session
     public SessionInfo ToInfo() => new()
     {
         Id = Id,
-        Status = Closed ? "gone" : "running",
+        Status = Status,
         Image = Image,
         UserId = UserId,
         Metadata = Metadata,
@@ -138,6 +169,7 @@ internal sealed class Session
         Runtime = Runtime,
         PersistentStoragePath = PersistentStoragePath,
         Offers = Capabilities is { } c ? ToOffers(c) : null,
+        DiskBytes = DiskBytes,
         SupervisorVersion = SupervisorVersion,
     };
 

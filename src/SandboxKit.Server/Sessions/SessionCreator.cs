@@ -21,8 +21,10 @@ internal sealed class SessionCreator(
     ContainerSpecFactory specs,
     SupervisorBundle bundle,
     SupervisorDialer dialer,
+    DiskStore disks,
     WarmPool pool,
     SessionRegistry registry,
+    CapacityGuard capacity,
     SessionLifecycle lifecycle,
     UsageMeter usage,
     TimeProvider time,
@@ -30,44 +32,69 @@ internal sealed class SessionCreator(
 {
     private readonly SandboxOptions _options = options.Value;
 
-    public async Task<Session> CreateAsync(Tenant tenant, CreateSessionRequest request, CancellationToken cancellationToken)
+    public async Task<Session> CreateAsync(Tenant tenant, CreateSessionRequest request, CancellationToken cancellationToken, Exec.IdempotencyToken? idempotency = null)
     {
+        if (idempotency is not null && registry.FindCreatedBy(tenant, idempotency.Key) is { } existing)
+        {
+            // A retry of a create that succeeded before a server restart: the claim remembered its key.
+            return existing.Idempotency == IdempotencyLabel(idempotency)
+                ? existing
+                : throw SandboxError.Unprocessable(ProblemCodes.InvalidRequest, "Idempotency key reused",
+                    "This Idempotency-Key was already used with a different request body.");
+        }
         var shape = ResolveShape(request);
         var idle = SessionRequestValidator.Seconds(request.IdleTimeoutSeconds, _options.DefaultIdleTimeoutSeconds, _options.MaxIdleTimeoutSeconds, "idleTimeoutSeconds");
         var lifetime = SessionRequestValidator.Seconds(request.MaxLifetimeSeconds, _options.DefaultMaxLifetimeSeconds, _options.MaxLifetimeSeconds, "maxLifetimeSeconds");
         var environment = SessionRequestValidator.Environment(request.Environment);
         var metadata = SessionRequestValidator.Metadata(request.Metadata);
         var userId = request.UserId is null ? null : SessionRequestValidator.UserId(request.UserId);
+        var diskBytes = ResolveDiskBytes(request);
 
         registry.Reserve(tenant);
         WarmContainer? warm = null;
+        CapacityGuard.Lease? lease = null;
         string? containerId = null;
         string? claimVolume = null;
+        DiskVolume? workspace = null;
         SupervisorConnection? connection = null;
         try
         {
             await bundle.EnsureVolumeAsync(engine, shape.Image, cancellationToken).ConfigureAwait(false);
             var sessionId = Guid.NewGuid().ToString("N");
-            string? userVolume = null;
+            DiskVolume? userStorage = null;
             if (userId is not null)
             {
-                userVolume = lifecycle.UserVolumeName(tenant.Name, userId);
-                await engine.CreateVolumeAsync(userVolume, new Dictionary<string, string>
-                {
-                    [SessionLabels.Instance] = _options.InstanceName,
-                    [SessionLabels.Kind] = SessionLabels.KindUserStorage,
-                    [SessionLabels.Tenant] = tenant.Name,
-                    [SessionLabels.User] = userId,
-                }, cancellationToken).ConfigureAwait(false);
+                userStorage = await EnsureUserStorageAsync(tenant, userId, cancellationToken).ConfigureAwait(false);
             }
 
-            // A pooled container only fits sessions of the pool's shape without per-user mounts or their own environment.
-            warm = userVolume is null && environment.Count == 0 ? pool.TryTake(shape) : null;
+            // A pooled container only fits sessions of the pool's shape without per-user mounts, their own environment or disk size.
+            warm = userStorage is null && environment.Count == 0 && diskBytes == DefaultDiskBytes ? pool.TryTake(shape) : null;
+            try
+            {
+                lease = capacity.Reserve(shape.MemoryBytes);
+            }
+            catch (SandboxError) when (warm is not null)
+            {
+                pool.Return(warm);
+                warm = null;
+                throw;
+            }
             containerId = warm?.ContainerId;
             connection = warm?.Connection;
+            workspace = warm?.Workspace;
             if (containerId is null)
             {
-                containerId = await RunAsync(specs.Build(shape, $"sk-{_options.InstanceName}-{sessionId}", userVolume, environment), cancellationToken)
+                if (disks.Enabled)
+                {
+                    disks.EnsureRoom(diskBytes!.Value);
+                    var name = $"sk-{_options.InstanceName}-ws-{sessionId}";
+                    workspace = await disks.CreateVolumeAsync(name, diskBytes.Value, journal: false, new Dictionary<string, string>
+                    {
+                        [SessionLabels.Instance] = _options.InstanceName,
+                        [SessionLabels.Kind] = SessionLabels.KindWorkspace,
+                    }, cancellationToken).ConfigureAwait(false);
+                }
+                containerId = await RunAsync(specs.Build(shape, $"sk-{_options.InstanceName}-{sessionId}", userStorage, workspace, environment), cancellationToken)
                     .ConfigureAwait(false);
             }
 
@@ -90,7 +117,10 @@ internal sealed class SessionCreator(
                 PidsLimit = shape.PidsLimit,
                 NetworkMode = shape.NetworkMode,
                 Runtime = shape.Runtime,
-                PersistentStoragePath = userVolume is null ? null : _options.PersistentStoragePath,
+                PersistentStoragePath = userStorage is null ? null : _options.PersistentStoragePath,
+                Idempotency = idempotency is null ? null : IdempotencyLabel(idempotency),
+                WorkspaceVolume = workspace?.Name,
+                DiskBytes = workspace is null ? null : diskBytes,
             };
             session.Touch(now);
 
@@ -116,6 +146,7 @@ internal sealed class SessionCreator(
             connection = connect.Result;
             session.UseConnection(connection);
             registry.Add(session);
+            lease.Dispose();
             if (warm is not null)
             {
                 pool.Replenish();
@@ -128,6 +159,7 @@ internal sealed class SessionCreator(
         catch (Exception e)
         {
             registry.Release(tenant.Name);
+            lease?.Dispose();
             if (warm is not null)
             {
                 pool.Replenish();
@@ -139,6 +171,10 @@ internal sealed class SessionCreator(
             if (containerId is not null)
             {
                 await lifecycle.RemoveContainerQuietlyAsync(containerId).ConfigureAwait(false);
+            }
+            if (workspace is not null)
+            {
+                await lifecycle.RemoveWorkspaceQuietlyAsync(workspace.Name).ConfigureAwait(false);
             }
             if (claimVolume is not null)
             {
@@ -153,6 +189,60 @@ internal sealed class SessionCreator(
             }
             throw Translate(e, shape.Image, containerId is not null);
         }
+    }
+
+    private static string IdempotencyLabel(Exec.IdempotencyToken token) => token.Key + ":" + token.Fingerprint[..16];
+
+    private long? DefaultDiskBytes => disks.Enabled ? _options.DefaultDiskBytes : null;
+
+    private long? ResolveDiskBytes(CreateSessionRequest request)
+    {
+        if (!disks.Enabled)
+        {
+            return request.DiskBytes is null
+                ? null
+                : throw SandboxError.Invalid($"This server does not bound disks ({disks.Reason}), so diskBytes cannot be set.");
+        }
+        var bytes = request.DiskBytes ?? _options.DefaultDiskBytes;
+        if (bytes < 16L << 20 || bytes > _options.MaxDiskBytes)
+        {
+            throw SandboxError.Invalid($"diskBytes must be between {16L << 20} and {_options.MaxDiskBytes}.");
+        }
+        return bytes;
+    }
+
+    /// <summary>The end user's storage volume, made on first use: a bounded disk (with a journal: it outlives sessions) within the tenant's cap.</summary>
+    private async Task<DiskVolume> EnsureUserStorageAsync(Tenant tenant, string userId, CancellationToken cancellationToken)
+    {
+        var name = lifecycle.UserVolumeName(tenant.Name, userId);
+        var labels = new Dictionary<string, string>
+        {
+            [SessionLabels.Instance] = _options.InstanceName,
+            [SessionLabels.Kind] = SessionLabels.KindUserStorage,
+            [SessionLabels.Tenant] = tenant.Name,
+            [SessionLabels.User] = userId,
+        };
+        if (await engine.InspectVolumeAsync(name, cancellationToken).ConfigureAwait(false) is { } existing)
+        {
+            disks.Touch(existing.Labels);
+            return await disks.EnsureAttachedAsync(existing, cancellationToken).ConfigureAwait(false);
+        }
+        var owned = (await engine.ListVolumesAsync(SessionLabels.Tenant, tenant.Name, cancellationToken).ConfigureAwait(false))
+            .Count(v => v.Labels.GetValueOrDefault(SessionLabels.Kind) == SessionLabels.KindUserStorage
+                && v.Labels.GetValueOrDefault(SessionLabels.Instance) == _options.InstanceName);
+        if (owned >= _options.MaxUserStoragePerTenant)
+        {
+            throw SandboxError.QuotaExceeded(
+                $"Tenant '{tenant.Name}' already has persistent storage for {owned} users, the most it may; delete one (DELETE /v1/users/{{userId}}/storage) first.",
+                TimeSpan.FromSeconds(60));
+        }
+        if (disks.Enabled)
+        {
+            disks.EnsureRoom(_options.UserStorageBytes);
+            return await disks.CreateVolumeAsync(name, _options.UserStorageBytes, journal: true, labels, cancellationToken).ConfigureAwait(false);
+        }
+        await engine.CreateVolumeAsync(name, labels, cancellationToken).ConfigureAwait(false);
+        return new DiskVolume(name, null, null);
     }
 
     /// <summary>Starts the container; an image whose libraries cannot run the supervisor is the caller's error, said plainly.</summary>

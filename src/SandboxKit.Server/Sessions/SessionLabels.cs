@@ -33,11 +33,18 @@ internal static class SessionLabels
     public const string Runtime = Prefix + "runtime";
     public const string Metadata = Prefix + "metadata";
     public const string PersistPath = Prefix + "persist-path";
+    /// <summary>The digest of the Idempotency-Key that created the session and its request's fingerprint: a retry after a restart finds it.</summary>
+    public const string Idempotency = Prefix + "idempotency";
 
     public const string KindSandbox = "sandbox";
     public const string KindClaim = "claim";
     public const string KindUserStorage = "user-storage";
     public const string KindSupervisor = "supervisor";
+    public const string KindWorkspace = "workspace";
+
+    /// <summary>The named volume (a bounded disk) mounted at /workspace, when disks are bounded.</summary>
+    public const string Workspace = Prefix + "workspace";
+    public const string DiskBytes = Prefix + "workspace-bytes";
 
     /// <summary>The supervisor bundle build a container runs (on containers and the bundle volume).</summary>
     public const string SupervisorBuild = Prefix + "supervisor-build";
@@ -70,6 +77,15 @@ internal static class SessionLabels
         {
             labels[PersistPath] = s.PersistentStoragePath;
         }
+        if (s.Idempotency is not null)
+        {
+            labels[Idempotency] = s.Idempotency;
+        }
+        if (s.WorkspaceVolume is not null)
+        {
+            labels[Workspace] = s.WorkspaceVolume;
+            labels[DiskBytes] = (s.DiskBytes ?? 0).ToString(CultureInfo.InvariantCulture);
+        }
         return labels;
     }
 
@@ -98,6 +114,9 @@ internal static class SessionLabels
                 Environment = new Dictionary<string, string>(),
                 Metadata = JsonSerializer.Deserialize(l[Metadata], LabelJsonContext.Default.IReadOnlyDictionaryStringString) ?? new Dictionary<string, string>(),
                 PersistentStoragePath = l.GetValueOrDefault(PersistPath),
+                Idempotency = l.GetValueOrDefault(Idempotency),
+                WorkspaceVolume = l.GetValueOrDefault(Workspace),
+                DiskBytes = l.TryGetValue(DiskBytes, out var bytes) ? long.Parse(bytes, CultureInfo.InvariantCulture) : null,
             };
         }
         catch (Exception e) when (e is KeyNotFoundException or FormatException or JsonException or OverflowException)

@@ -17,6 +17,7 @@ internal sealed class SessionLifecycle(
     SessionRegistry registry,
     SupervisorDialer dialer,
     SupervisorBundle bundle,
+    DiskStore disks,
     IOptions<SandboxOptions> options,
     TimeProvider time,
     ILogger<SessionLifecycle> logger)
@@ -24,6 +25,9 @@ internal sealed class SessionLifecycle(
     private readonly SandboxOptions _options = options.Value;
 
     public TimeSpan ConnectTimeout => TimeSpan.FromSeconds(_options.SupervisorConnectTimeoutSeconds);
+
+    /// <summary>A supervisor this server has spoken to is running already: it answers a reconnect at once or not at all.</summary>
+    private TimeSpan ReconnectTimeout => TimeSpan.FromSeconds(Math.Min(_options.SupervisorConnectTimeoutSeconds, 5));
 
     /// <summary>
     /// Runs <paramref name="work"/> on the session's supervisor connection, as session activity. Failures leave as domain
@@ -34,7 +38,7 @@ internal sealed class SessionLifecycle(
         using var activity = session.BeginActivity(time);
         try
         {
-            var connection = await session.GetConnectionAsync(dialer, ConnectTimeout, cancellationToken).ConfigureAwait(false);
+            var connection = await session.GetConnectionAsync(dialer, session.SupervisorVersion is null ? ConnectTimeout : ReconnectTimeout, cancellationToken).ConfigureAwait(false);
             return await work(connection).ConfigureAwait(false);
         }
         catch (SupervisorMismatchException e)
@@ -67,9 +71,25 @@ internal sealed class SessionLifecycle(
         await session.DisconnectAsync().ConfigureAwait(false);
         try
         {
-            // Container first: a claim without a container is recognised as an orphan on the next start.
+            // Container first: a claim without a container is recognised as an orphan on the next start; the workspace
+            // disk is released once nothing mounts it, and the claim last, so a failure part way is finished by the reaper.
             await engine.RemoveContainerAsync(session.ContainerId, CancellationToken.None).ConfigureAwait(false);
+            if (session.UserId is not null)
+            {
+                // Retention counts from the end of the last session that used the storage.
+                disks.Touch(UserVolumeName(session.Tenant, session.UserId));
+            }
+            if (session.WorkspaceVolume is not null)
+            {
+                await disks.RemoveVolumeAsync(session.WorkspaceVolume, CancellationToken.None).ConfigureAwait(false);
+            }
             await RemoveVolumeQuietlyAsync(session.ClaimVolume).ConfigureAwait(false);
+        }
+        catch (VolumeInUseException e)
+        {
+            // The engine has not let go of the disk yet: the reaper retries the removal.
+            logger.LogDebug(e, "Workspace of session {Session} still in use; the reaper retries", session.Id);
+            return;
         }
         catch (EngineUnavailableException e)
         {
@@ -169,9 +189,22 @@ internal sealed class SessionLifecycle(
             await RemoveContainerQuietlyAsync(container.Id).ConfigureAwait(false);
             removed++;
         }
+        // Workspace disks of removed sessions and of an earlier run's pool; then image files no volume refers to.
+        var adoptedWorkspaces = new HashSet<string>(registry.All.Select(x => x.WorkspaceVolume).OfType<string>(), StringComparer.Ordinal);
+        var volumes = await engine.ListVolumesAsync(SessionLabels.Instance, _options.InstanceName, cancellationToken).ConfigureAwait(false);
+        foreach (var workspace in volumes.Where(v => v.Labels.GetValueOrDefault(SessionLabels.Kind) == SessionLabels.KindWorkspace && !adoptedWorkspaces.Contains(v.Name)))
+        {
+            await RemoveWorkspaceQuietlyAsync(workspace.Name).ConfigureAwait(false);
+            removed++;
+        }
+        var liveDisks = (await engine.ListVolumesAsync(SessionLabels.Instance, _options.InstanceName, cancellationToken).ConfigureAwait(false))
+            .Where(v => DiskStore.IsDisk(v.Labels))
+            .Select(v => v.Labels[SessionLabels.Prefix + "disk-file"])
+            .ToList();
+        var orphanDisks = await disks.SweepOrphansAsync(liveDisks).ConfigureAwait(false);
         var stale = await bundle.SweepStaleVolumesAsync(engine, cancellationToken).ConfigureAwait(false);
-        logger.LogInformation("Adopted {Adopted} live sessions, removed {Removed} expired or orphaned resources and {Stale} unused supervisor volumes",
-            adopted, removed, stale);
+        logger.LogInformation("Adopted {Adopted} live sessions, removed {Removed} expired or orphaned resources, {Orphans} orphaned disk images and {Stale} unused supervisor volumes",
+            adopted, removed, orphanDisks, stale);
     }
 
     public async Task DeleteUserStorageAsync(Tenant tenant, string userId, CancellationToken cancellationToken)
@@ -183,7 +216,15 @@ internal sealed class SessionLifecycle(
         }
         try
         {
-            await engine.RemoveVolumeAsync(UserVolumeName(tenant.Name, userId), cancellationToken).ConfigureAwait(false);
+            var name = UserVolumeName(tenant.Name, userId);
+            if (disks.Enabled)
+            {
+                await disks.RemoveVolumeAsync(name, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                await engine.RemoveVolumeAsync(name, cancellationToken).ConfigureAwait(false);
+            }
         }
         catch (VolumeInUseException)
         {
@@ -192,6 +233,53 @@ internal sealed class SessionLifecycle(
         catch (EngineUnavailableException e)
         {
             throw SandboxError.EngineUnavailable(e.Message, e);
+        }
+    }
+
+    /// <summary>
+    /// Deletes end users' storage unused for <see cref="SandboxOptions.UserStorageRetentionDays"/> (last use: the last
+    /// session that mounted it). Needs bounded disks, whose image files carry the time of last use.
+    /// </summary>
+    public async Task<int> ExpireUserStorageAsync(CancellationToken cancellationToken)
+    {
+        if (!disks.Enabled || _options.UserStorageRetentionDays <= 0)
+        {
+            return 0;
+        }
+        var cutoff = time.GetUtcNow() - TimeSpan.FromDays(_options.UserStorageRetentionDays);
+        var expired = 0;
+        foreach (var volume in await engine.ListVolumesAsync(SessionLabels.Instance, _options.InstanceName, cancellationToken).ConfigureAwait(false))
+        {
+            if (volume.Labels.GetValueOrDefault(SessionLabels.Kind) != SessionLabels.KindUserStorage
+                || !volume.Labels.TryGetValue(SessionLabels.Tenant, out var tenant) || !volume.Labels.TryGetValue(SessionLabels.User, out var user)
+                || DiskStore.LastUsed(volume.Labels) is not { } lastUsed || lastUsed >= cutoff
+                || registry.HasLiveSessionsFor(new Tenant(tenant, 0), user))
+            {
+                continue;
+            }
+            try
+            {
+                await disks.RemoveVolumeAsync(volume.Name, cancellationToken).ConfigureAwait(false);
+                expired++;
+                logger.LogInformation("Storage of user {User} (tenant {Tenant}) deleted: unused since {LastUsed:u}", user, tenant, lastUsed);
+            }
+            catch (VolumeInUseException)
+            {
+                // Mounted again meanwhile.
+            }
+        }
+        return expired;
+    }
+
+    internal async Task RemoveWorkspaceQuietlyAsync(string volume)
+    {
+        try
+        {
+            await disks.RemoveVolumeAsync(volume, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            logger.LogWarning(e, "Could not remove workspace {Volume}; the next start removes it", volume);
         }
     }
 

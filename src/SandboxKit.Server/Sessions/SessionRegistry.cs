@@ -42,6 +42,11 @@ internal sealed class SessionRegistry(TimeProvider time)
             .OrderBy(s => s.CreatedAt)
             .ToList();
 
+    /// <summary>The tenant's live session a keyed create made, by the key's digest.</summary>
+    public Session? FindCreatedBy(Tenant tenant, string idempotencyKey) =>
+        _sessions.Values.FirstOrDefault(s => !s.Closed && s.Tenant == tenant.Name && s.Idempotency is { } i
+            && i.StartsWith(idempotencyKey + ":", StringComparison.Ordinal));
+
     public bool HasLiveSessionsFor(Tenant tenant, string userId) =>
         _sessions.Values.Any(s => !s.Closed && s.Tenant == tenant.Name && s.UserId == userId);
 

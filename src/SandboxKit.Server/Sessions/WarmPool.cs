@@ -16,6 +16,8 @@ internal sealed class WarmPool(
     ContainerSpecFactory specs,
     SupervisorBundle bundle,
     SupervisorDialer dialer,
+    DiskStore disks,
+    CapacityGuard capacity,
     IOptions<SandboxOptions> options,
     ILogger<WarmPool> logger) : BackgroundService
 {
@@ -26,6 +28,9 @@ internal sealed class WarmPool(
     private SessionShape? _shape;
 
     public int ReadyCount => _ready.Count;
+
+    /// <summary>The memory limits of the ready containers (they count against the host's capacity like sessions).</summary>
+    public long CommittedMemoryBytes => _shape is null ? 0 : _ready.Count * _shape.MemoryBytes;
 
     /// <summary>
     /// A ready container of this shape with its supervisor connection, or null (the caller starts one cold). The caller
@@ -54,6 +59,9 @@ internal sealed class WarmPool(
     /// <summary>Starts the refill of the slot a <see cref="TryTake"/> emptied.</summary>
     public void Replenish() => _refill.Release();
 
+    /// <summary>Gives back a container a create took but could not use (it is still unused and connected).</summary>
+    public void Return(WarmContainer warm) => _ready.Enqueue(warm);
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         if (_size == 0)
@@ -68,18 +76,53 @@ internal sealed class WarmPool(
             {
                 while (_ready.Count < _size && !stoppingToken.IsCancellationRequested)
                 {
+                    if (!capacity.HasRoomForPool(_shape.MemoryBytes))
+                    {
+                        // A full host keeps its room for sessions; try again later.
+                        await Task.Delay(TimeSpan.FromSeconds(5), stoppingToken).ConfigureAwait(false);
+                        continue;
+                    }
+                    using var lease = capacity.Reserve(_shape.MemoryBytes, forPool: true);
                     await bundle.EnsureVolumeAsync(engine, _shape.Image, stoppingToken).ConfigureAwait(false);
-                    var name = $"sk-{_instance}-pool-{Guid.NewGuid():N}";
-                    var id = await engine.RunContainerAsync(specs.Build(_shape, name, null), stoppingToken).ConfigureAwait(false);
+                    var suffix = Guid.NewGuid().ToString("N");
+                    var name = $"sk-{_instance}-pool-{suffix}";
+                    DiskVolume? workspace = null;
+                    if (disks.Enabled)
+                    {
+                        disks.EnsureRoom(options.Value.DefaultDiskBytes);
+                        workspace = await disks.CreateVolumeAsync($"sk-{_instance}-ws-{suffix}", options.Value.DefaultDiskBytes, journal: false, new Dictionary<string, string>
+                        {
+                            [SessionLabels.Instance] = _instance,
+                            [SessionLabels.Kind] = SessionLabels.KindWorkspace,
+                        }, CancellationToken.None).ConfigureAwait(false);
+                    }
+                    string id;
+                    try
+                    {
+                        // Not cancelled by the stop: a create cut off half way could leave a container nobody knows of.
+                        // It is bounded by the engine; a stop that comes meanwhile removes the new container below.
+                        id = await engine.RunContainerAsync(specs.Build(_shape, name, null, workspace), CancellationToken.None).ConfigureAwait(false);
+                    }
+                    catch
+                    {
+                        await RemoveWorkspaceAsync(workspace?.Name).ConfigureAwait(false);
+                        throw;
+                    }
                     try
                     {
                         var connection = await dialer.ConnectAsync(id, _shape.Runtime, name, TimeSpan.FromSeconds(options.Value.SupervisorConnectTimeoutSeconds), stoppingToken)
                             .ConfigureAwait(false);
-                        _ready.Enqueue(new WarmContainer(id, connection));
+                        if (stoppingToken.IsCancellationRequested)
+                        {
+                            await connection.DisposeAsync().ConfigureAwait(false);
+                            throw new OperationCanceledException(stoppingToken);
+                        }
+                        _ready.Enqueue(new WarmContainer(id, connection, workspace));
                     }
                     catch
                     {
                         await engine.RemoveContainerAsync(id, CancellationToken.None).ConfigureAwait(false);
+                        await RemoveWorkspaceAsync(workspace?.Name).ConfigureAwait(false);
                         throw;
                     }
                     failures = 0;
@@ -100,13 +143,43 @@ internal sealed class WarmPool(
         }
     }
 
+    /// <summary>A graceful stop removes every pooled container: nothing of this server's pool outlives it.</summary>
     public override async Task StopAsync(CancellationToken cancellationToken)
     {
-        await base.StopAsync(cancellationToken).ConfigureAwait(false);
-        // Unclaimed containers would be swept on the next start anyway; removing them now leaves the engine clean.
+        try
+        {
+            await base.StopAsync(cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            // Also when the host's shutdown timeout cut the wait short: a refill that finishes later removes its own container.
+            await Task.WhenAll(DrainReady().Select(DiscardAsync)).ConfigureAwait(false);
+        }
+    }
+
+    private IEnumerable<WarmContainer> DrainReady()
+    {
+        var drained = new List<WarmContainer>();
         while (_ready.TryDequeue(out var warm))
         {
-            await DiscardAsync(warm).ConfigureAwait(false);
+            drained.Add(warm);
+        }
+        return drained;
+    }
+
+    private async Task RemoveWorkspaceAsync(string? workspace)
+    {
+        if (workspace is null)
+        {
+            return;
+        }
+        try
+        {
+            await disks.RemoveVolumeAsync(workspace, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            logger.LogWarning("Could not remove workspace {Volume} of a pooled container: {Message}; the next start removes it", workspace, e.Message);
         }
     }
 
@@ -116,6 +189,7 @@ internal sealed class WarmPool(
         {
             await warm.Connection.DisposeAsync().ConfigureAwait(false);
             await engine.RemoveContainerAsync(warm.ContainerId, CancellationToken.None).ConfigureAwait(false);
+            await RemoveWorkspaceAsync(warm.Workspace?.Name).ConfigureAwait(false);
         }
         catch (Exception e)
         {
@@ -124,5 +198,5 @@ internal sealed class WarmPool(
     }
 }
 
-/// <summary>A pooled container and its live supervisor connection.</summary>
-internal sealed record WarmContainer(string ContainerId, SupervisorConnection Connection);
+/// <summary>A pooled container, its live supervisor connection and its workspace disk (when disks are bounded).</summary>
+internal sealed record WarmContainer(string ContainerId, SupervisorConnection Connection, DiskVolume? Workspace);

@@ -28,6 +28,9 @@ internal sealed class SupervisorConnection : IAsyncDisposable
     private readonly CancellationTokenSource _closed = new();
     private readonly TaskCompletionSource _capabilitiesProbed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Task _readLoop = Task.CompletedTask;
+    private Timer? _keepalive;
+    private int _keepaliveInFlight;
+    private long _lastInbound = Environment.TickCount64;
     private long _lastChannel;
     private long _nextPing;
     private string? _closeReason;
@@ -60,6 +63,9 @@ internal sealed class SupervisorConnection : IAsyncDisposable
 
     /// <summary>Why it closed.</summary>
     public string? CloseReason => Volatile.Read(ref _closeReason);
+
+    /// <summary>True when it closed because the supervisor stopped answering (not because the container or connection went away).</summary>
+    public bool Unresponsive { get; private set; }
 
     /// <summary>Channels open now (for tests and diagnostics).</summary>
     public int OpenChannels => _channels.Count;
@@ -122,6 +128,7 @@ internal sealed class SupervisorConnection : IAsyncDisposable
             var connection = new SupervisorConnection(stream, settings, reply, logger);
             // Frames that arrived right behind the hello are in the decoder already: the loop starts from it.
             connection._readLoop = Task.Run(() => connection.ReadLoopAsync(decoder));
+            connection.StartKeepalive();
             return connection;
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
@@ -198,6 +205,59 @@ internal sealed class SupervisorConnection : IAsyncDisposable
         finally
         {
             _pings.TryRemove(id, out _);
+        }
+    }
+
+    /// <summary>
+    /// Keeps requests from hanging on a supervisor that stopped answering (stopped, starved or wedged; its socket still
+    /// accepts writes, so nothing else would notice): while a request is open and nothing has come for
+    /// <see cref="SupervisorConnectionSettings.KeepaliveInterval"/>, a ping goes out; no answer within
+    /// <see cref="SupervisorConnectionSettings.KeepaliveTimeout"/> closes the connection, failing its requests. Idle
+    /// connections are not pinged: hundreds of idle sessions cost no wake-ups, and the next request starts the watch.
+    /// </summary>
+    private void StartKeepalive()
+    {
+        var period = TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerMillisecond * 50, Math.Min(_settings.KeepaliveInterval.Ticks, _settings.KeepaliveTimeout.Ticks) / 2));
+        _keepalive = new Timer(static state => ((SupervisorConnection)state!).CheckLiveness(), this, period, period);
+    }
+
+    private void CheckLiveness()
+    {
+        if (IsClosed || _channels.IsEmpty)
+        {
+            return;
+        }
+        var quiet = Environment.TickCount64 - Volatile.Read(ref _lastInbound);
+        if (quiet < _settings.KeepaliveInterval.TotalMilliseconds || Interlocked.CompareExchange(ref _keepaliveInFlight, 1, 0) != 0)
+        {
+            return;
+        }
+        _ = KeepaliveAsync();
+    }
+
+    private async Task KeepaliveAsync()
+    {
+        try
+        {
+            using var timeout = new CancellationTokenSource(_settings.KeepaliveTimeout);
+            await PingAsync(timeout.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            if (!IsClosed)
+            {
+                Unresponsive = true;
+                _logger.LogWarning("Supervisor of {Session} did not answer a ping within {Seconds} s; closing its connection", _settings.SessionLabel, _settings.KeepaliveTimeout.TotalSeconds);
+                Close($"the supervisor did not answer for {_settings.KeepaliveTimeout.TotalSeconds:0.#} s (stopped, starved or wedged)");
+            }
+        }
+        catch (SupervisorUnavailableException)
+        {
+            // Closed meanwhile, with its own reason.
+        }
+        finally
+        {
+            Volatile.Write(ref _keepaliveInFlight, 0);
         }
     }
 
@@ -283,6 +343,7 @@ internal sealed class SupervisorConnection : IAsyncDisposable
             return;
         }
         _closed.Cancel();
+        _keepalive?.Dispose();
         try
         {
             _stream.Dispose();
@@ -341,6 +402,7 @@ internal sealed class SupervisorConnection : IAsyncDisposable
                     Close("the supervisor ended the connection");
                     return;
                 }
+                Volatile.Write(ref _lastInbound, Environment.TickCount64);
                 decoder.Advance(read);
             }
         }

@@ -59,6 +59,12 @@ internal sealed class SupervisorDialer(IContainerEngine engine, SupervisorBundle
                     continue;
                 }
             }
+            if (pid is { } known && !Directory.Exists($"/proc/{known}"))
+            {
+                // The supervisor's process is gone (an image it cannot run, an OOM): ask the engine now, not at the deadline.
+                pid = null;
+                await RunningPidAsync(containerId, cancellationToken).ConfigureAwait(false);
+            }
             if (DateTime.UtcNow + delay > deadline)
             {
                 // Tell a dead container apart from a slow supervisor.
@@ -77,6 +83,8 @@ internal sealed class SupervisorDialer(IContainerEngine engine, SupervisorBundle
         SessionLabel = sessionLabel,
         Window = _options.SupervisorWindowBytes,
         KeyTtl = TimeSpan.FromSeconds(_options.IdempotencyWindowSeconds),
+        KeepaliveInterval = TimeSpan.FromSeconds(_options.SupervisorKeepaliveSeconds),
+        KeepaliveTimeout = TimeSpan.FromSeconds(_options.SupervisorKeepaliveTimeoutSeconds),
     };
 
     private bool UseDirect(string runtime) => _options.SupervisorTransport switch

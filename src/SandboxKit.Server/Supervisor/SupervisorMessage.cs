@@ -30,6 +30,12 @@ internal sealed record SupervisorConnectionSettings
     /// <summary>Longest a single frame write may take before the connection is considered dead.</summary>
     public TimeSpan WriteTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>While requests are open, how long the supervisor may stay silent before it is pinged.</summary>
+    public TimeSpan KeepaliveInterval { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>How long a keepalive ping may go unanswered before the supervisor is taken for unresponsive and the connection closed.</summary>
+    public TimeSpan KeepaliveTimeout { get; init; } = TimeSpan.FromSeconds(20);
+
     /// <summary>The bundle build the supervisor must report.</summary>
     public required string ExpectedBuild { get; init; }
 
