@@ -162,7 +162,8 @@ internal sealed class DockerEngine : IContainerEngine, IDisposable
                 c.Names.FirstOrDefault()?.TrimStart('/') ?? c.ID,
                 string.Equals(c.State, "running", StringComparison.Ordinal),
                 false,
-                c.Labels?.AsReadOnly() ?? ReadOnlyEmpty))
+                c.Labels?.AsReadOnly() ?? ReadOnlyEmpty,
+                Created: new DateTimeOffset(DateTime.SpecifyKind(c.Created, DateTimeKind.Utc))))
             .ToList();
     });
 

@@ -80,6 +80,7 @@ internal sealed record ExecOutcome(long ExitCode, string Output);
 /// <param name="Pid">The container's init as the engine's host sees it; 0 when not running.</param>
 /// <param name="ExitCode">Exit status once stopped.</param>
 /// <param name="Error">The engine's reason when the container could not start or died, if it gave one.</param>
+/// <param name="Created">When it was created; set by listings only.</param>
 internal sealed record ContainerState(
     string Id,
     string Name,
@@ -88,7 +89,8 @@ internal sealed record ContainerState(
     IReadOnlyDictionary<string, string> Labels,
     int Pid = 0,
     long ExitCode = 0,
-    string? Error = null);
+    string? Error = null,
+    DateTimeOffset? Created = null);
 
 /// <summary>A named volume mounted into a container.</summary>
 /// <summary>A named volume at <paramref name="Target"/>; with <paramref name="Bind"/>, <paramref name="Source"/> is a directory of the engine's host instead.</summary>

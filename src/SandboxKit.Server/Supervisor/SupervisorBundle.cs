@@ -91,9 +91,20 @@ internal sealed class SupervisorBundle(IOptions<SandboxOptions> options, ILogger
         }
     }
 
-    /// <summary>Removes volumes of other builds that no container uses any more.</summary>
-    public async Task<int> SweepStaleVolumesAsync(IContainerEngine engine, CancellationToken cancellationToken)
+    /// <summary>Removes carriers that a killed server left behind, then volumes of other builds that no container uses any more.</summary>
+    public async Task<int> SweepStaleVolumesAsync(IContainerEngine engine, CancellationToken cancellationToken, TimeSpan? carrierLifetime = null)
     {
+        // A server killed between creating a carrier and removing it leaves the carrier behind, and the carrier keeps
+        // its volume in use. Carriers live for well under a second; one older than a minute belongs to no one (the age
+        // keeps a server that starts at this moment from losing the carrier it is filling).
+        var abandonedBefore = DateTimeOffset.UtcNow - (carrierLifetime ?? TimeSpan.FromMinutes(1));
+        foreach (var carrier in await engine.ListContainersAsync(Sessions.SessionLabels.Kind, Sessions.SessionLabels.KindSupervisor, cancellationToken).ConfigureAwait(false))
+        {
+            if (!carrier.Running && carrier.Created is { } created && created < abandonedBefore)
+            {
+                await engine.RemoveContainerAsync(carrier.Id, cancellationToken).ConfigureAwait(false);
+            }
+        }
         var removed = 0;
         foreach (var volume in await engine.ListVolumesAsync(Sessions.SessionLabels.Kind, Sessions.SessionLabels.KindSupervisor, cancellationToken).ConfigureAwait(false))
         {
