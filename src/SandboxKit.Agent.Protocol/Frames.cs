@@ -34,6 +34,14 @@ public static class FrameType
     public const byte Kill = (byte)'K';
     /// <summary>Flow-control credit: the sender may send that many more data bytes on the channel (both directions).</summary>
     public const byte Credit = (byte)'A';
+    /// <summary>An operation on interpreter contexts (the code interpreter): create, list, get, restart, delete, run, interrupt.</summary>
+    public const byte Context = (byte)'X';
+    /// <summary>Connect to a TCP port inside the sandbox (preview URLs): a byte stream both ways.</summary>
+    public const byte Connect = (byte)'N';
+    /// <summary>Session-level settings: environment changes, the egress relay.</summary>
+    public const byte Configure = (byte)'S';
+    /// <summary>The server's answer to a supervisor's DNS query (<see cref="DnsQuery"/>); ends that channel.</summary>
+    public const byte DnsAnswer = (byte)'Q';
 
     // ---- supervisor → server -------------------------------------------------------------
     /// <summary>The supervisor's answer to <see cref="Hello"/> (channel 0).</summary>
@@ -58,12 +66,25 @@ public static class FrameType
     public const byte Error = (byte)'r';
     /// <summary>An event of a job attach that is not output: output dropped before it could be sent.</summary>
     public const byte Dropped = (byte)'d';
+    /// <summary>A chunk of an interpreter event (JSON, split in data frames of at most 64 KiB; counts against credit).</summary>
+    public const byte EventChunk = (byte)'v';
+    /// <summary>The end of an interpreter event: the chunks since the last one form one JSON object.</summary>
+    public const byte EventEnd = (byte)'w';
+    /// <summary>Opens a supervisor-initiated channel for an outbound TCP connection from the sandbox (egress).</summary>
+    public const byte Outbound = (byte)'n';
+    /// <summary>Opens a supervisor-initiated channel for a DNS query from the sandbox (egress).</summary>
+    public const byte DnsQuery = (byte)'q';
+    /// <summary>The sandbox side of a byte stream (<c>N</c> or <c>n</c>) closed its write half.</summary>
+    public const byte HalfClose = (byte)'z';
 
     /// <summary>True for the frames that end a channel.</summary>
     public static bool IsFinal(byte type) => type is Exited or Result or Error;
 
     /// <summary>True for the frames whose payload counts against the channel's flow-control window.</summary>
-    public static bool IsData(byte type) => type is Stdout or Stderr or Data;
+    public static bool IsData(byte type) => type is Stdout or Stderr or Data or EventChunk;
+
+    /// <summary>Channels the supervisor opens (egress) have the high bit set; the server's never do.</summary>
+    public const uint SupervisorChannelBit = 0x8000_0000;
 
     /// <summary>The letter, for messages.</summary>
     public static string Name(byte type) => type is >= 0x21 and < 0x7f ? ((char)type).ToString() : $"0x{type:x2}";

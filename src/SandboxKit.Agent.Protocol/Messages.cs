@@ -152,6 +152,25 @@ public sealed record RunRequest
 
     /// <summary>Bytes of output a job keeps for readers (default 1 MiB, at most 16 MiB).</summary>
     public int? RingBytes { get; init; }
+
+    /// <summary>With <see cref="Detach"/>: run on a pseudo-terminal of this size (a terminal) instead of pipes.</summary>
+    public TerminalSize? Pty { get; init; }
+
+    /// <summary>With <see cref="Pty"/>: the <c>TERM</c> value (default <c>xterm-256color</c>).</summary>
+    public string? Term { get; init; }
+
+    /// <summary>With <see cref="Pty"/>: bytes of asciicast recording kept (default 4 MiB, at most 64 MiB; the oldest part is dropped).</summary>
+    public int? RecordingBytes { get; init; }
+}
+
+/// <summary>A terminal's size in character cells.</summary>
+public sealed record TerminalSize
+{
+    /// <summary>Columns, 1 to 1000.</summary>
+    public required int Cols { get; init; }
+
+    /// <summary>Rows, 1 to 1000.</summary>
+    public required int Rows { get; init; }
 }
 
 /// <summary><c>s</c>: a command started.</summary>
@@ -243,6 +262,8 @@ public static class ErrorCodes
     public const string Conflict = "conflict";
     /// <summary>A result would exceed the frame limit.</summary>
     public const string TooLarge = "too_large";
+    /// <summary>Nothing listens on the port (<c>N</c>).</summary>
+    public const string Refused = "refused";
     /// <summary>The file system is full (ENOSPC, EDQUOT).</summary>
     public const string NoSpace = "no_space";
     /// <summary>The image lacks what the request needs (e.g. python3 for Python code).</summary>
@@ -354,6 +375,9 @@ public sealed record JobRequest
 
     /// <summary><c>signal</c>: the signal (default SIGKILL), sent to the job's tree.</summary>
     public int? Signal { get; init; }
+
+    /// <summary><c>resize</c>: the terminal's new size.</summary>
+    public TerminalSize? Size { get; init; }
 }
 
 /// <summary>A job as the supervisor reports it.</summary>
@@ -385,6 +409,9 @@ public sealed record JobInfo
 
     /// <summary>The exit, once exited.</summary>
     public ExitEvent? Exit { get; init; }
+
+    /// <summary>The terminal's size, for a job on a pseudo-terminal.</summary>
+    public TerminalSize? Pty { get; init; }
 }
 
 /// <summary><c>f</c> of a job operation.</summary>
@@ -416,6 +443,227 @@ public sealed record DroppedEvent
     public required long Bytes { get; init; }
 }
 
+// ---- interpreter contexts (X) ---------------------------------------------------------------------------------
+
+/// <summary><c>X</c>: an operation on interpreter contexts.</summary>
+public sealed record ContextRequest
+{
+    /// <summary><c>create</c>, <c>list</c>, <c>get</c>, <c>restart</c>, <c>delete</c>, <c>run</c> or <c>interrupt</c>.</summary>
+    public required string Op { get; init; }
+
+    /// <summary>The context (all but <c>list</c>): 1-64 characters of <c>[A-Za-z0-9_-]</c>, chosen by the server at <c>create</c>.</summary>
+    public string? Id { get; init; }
+
+    /// <summary><c>create</c>: <c>python</c> or <c>javascript</c>.</summary>
+    public string? Language { get; init; }
+
+    /// <summary><c>create</c>: working directory (relative to the session cwd; default the session cwd).</summary>
+    public string? Cwd { get; init; }
+
+    /// <summary><c>run</c>: the cell's source.</summary>
+    public string? Code { get; init; }
+
+    /// <summary><c>run</c>: an id echoed in the outcome (default: the channel id).</summary>
+    public string? CellId { get; init; }
+
+    /// <summary><c>run</c>: interrupt the cell after this many milliseconds; 0: no limit.</summary>
+    public long TimeoutMs { get; init; }
+
+    /// <summary><c>run</c>, <c>interrupt</c>: how long after SIGINT the interpreter may take before it is killed (default 3000, at most 30000).</summary>
+    public long? GraceMs { get; init; }
+}
+
+/// <summary>A context as the supervisor reports it.</summary>
+public sealed record ContextInfo
+{
+    /// <summary>The id given at <c>create</c>.</summary>
+    public required string Id { get; init; }
+
+    /// <summary><c>python</c> or <c>javascript</c>.</summary>
+    public required string Language { get; init; }
+
+    /// <summary><c>starting</c>, <c>idle</c>, <c>busy</c> or <c>dead</c> (its interpreter exited; the next <c>run</c> starts a fresh one).</summary>
+    public required string Status { get; init; }
+
+    /// <summary>The interpreter's pid, while it runs.</summary>
+    public int Pid { get; init; }
+
+    /// <summary>The interpreter's version, from its <c>ready</c> event.</summary>
+    public string? Version { get; init; }
+
+    /// <summary>True when the Python context runs IPython.</summary>
+    public bool IPython { get; init; }
+
+    /// <summary>Cells run so far in the current interpreter.</summary>
+    public int ExecutionCount { get; init; }
+
+    /// <summary>Creation time, milliseconds since the epoch.</summary>
+    public required long CreatedAtMs { get; init; }
+
+    /// <summary>Its working directory.</summary>
+    public string? Cwd { get; init; }
+
+    /// <summary>How many times its interpreter was started (1 + restarts, explicit or after a death).</summary>
+    public int Generation { get; init; }
+}
+
+/// <summary>How a cell ended: the final <c>f</c> of a <c>run</c>, after its output and events.</summary>
+public sealed record CellOutcome
+{
+    /// <summary>The cell id.</summary>
+    public required string CellId { get; init; }
+
+    /// <summary><c>ok</c>, <c>error</c>, <c>interrupted</c> (by request or by its timeout; state kept), <c>died</c> (the interpreter exited or was killed: state lost).</summary>
+    public required string Status { get; init; }
+
+    /// <summary>True when the timeout ended the cell (with <c>interrupted</c>, or <c>died</c> if it had to be killed).</summary>
+    public bool TimedOut { get; init; }
+
+    /// <summary>True when the interpreter's state is gone (it died or was killed); the next cell gets a fresh one.</summary>
+    public bool StateLost { get; init; }
+
+    /// <summary>The interpreter's execution count after the cell.</summary>
+    public int ExecutionCount { get; init; }
+
+    /// <summary>With <c>died</c>: the interpreter's exit status (128 + signal when killed).</summary>
+    public int? ExitCode { get; init; }
+
+    /// <summary>With <c>died</c>: true when the memory limit's OOM killer ended it.</summary>
+    public bool OomKilled { get; init; }
+
+    /// <summary>Informational: the supervisor's measurement of the cell.</summary>
+    public double DurationMs { get; init; }
+}
+
+/// <summary><c>f</c> of a context operation.</summary>
+public sealed record ContextResult
+{
+    /// <summary><c>list</c>.</summary>
+    public IReadOnlyList<ContextInfo>? Contexts { get; init; }
+
+    /// <summary>The context (<c>create</c>, <c>get</c>, <c>restart</c>, <c>interrupt</c>, and after a <c>run</c>).</summary>
+    public ContextInfo? Context { get; init; }
+
+    /// <summary><c>run</c>: how the cell ended.</summary>
+    public CellOutcome? Cell { get; init; }
+}
+
+// ---- session settings (S) and the egress relay -----------------------------------------------------------------
+
+/// <summary><c>S</c>: session-level settings. Answered with <c>f</c> (<see cref="ConfigureResult"/>).</summary>
+public sealed record ConfigureRequest
+{
+    /// <summary>Variables to set in the session's state (as an <c>export</c> would: the next commands see them).</summary>
+    public IReadOnlyDictionary<string, string>? SetEnv { get; init; }
+
+    /// <summary>Variables to remove from the session's state.</summary>
+    public IReadOnlyList<string>? UnsetEnv { get; init; }
+
+    /// <summary>Turn the egress relay on or change it; null leaves it as it is.</summary>
+    public EgressRelayConfig? Egress { get; init; }
+}
+
+/// <summary>What the supervisor catches of the sandbox's outbound traffic and relays to the server.</summary>
+public sealed record EgressRelayConfig
+{
+    /// <summary>False turns the relay off (listeners closed, open relayed connections reset).</summary>
+    public required bool Enabled { get; init; }
+
+    /// <summary>Answer DNS on 127.0.0.1:53 (UDP and TCP) by asking the server.</summary>
+    public bool Dns { get; set; } = true;
+
+    /// <summary>TCP ports to catch on every local address (default 80 and 443).</summary>
+    public IReadOnlyList<int>? TcpPorts { get; init; }
+
+    /// <summary>Make every IPv4/IPv6 destination local (<c>local default</c> route), so connections to IP literals are caught
+    /// too (needs <c>CAP_NET_ADMIN</c>; not under gVisor). False: only names the relay's DNS answered (synthetic loopback addresses).</summary>
+    public bool CatchAllDestinations { get; init; }
+
+    /// <summary>A CA certificate (PEM) the sandbox must trust for TLS the gateway terminates; written with the system bundle
+    /// to <c>/etc/sandboxkit/ca-bundle.pem</c>, and <c>SSL_CERT_FILE</c>, <c>REQUESTS_CA_BUNDLE</c>, <c>NODE_EXTRA_CA_CERTS</c>,
+    /// <c>CURL_CA_BUNDLE</c>, <c>PIP_CERT</c> point at it.</summary>
+    public string? CaPem { get; init; }
+
+    /// <summary>Names the server's DNS answered before (after a server restart the supervisor remembers them anyway).</summary>
+    public IReadOnlyList<DnsMapping>? Mappings { get; init; }
+}
+
+/// <summary>A name and the synthetic address the egress gateway gave it.</summary>
+public sealed record DnsMapping
+{
+    /// <summary>The host name.</summary>
+    public required string Name { get; init; }
+
+    /// <summary>Its synthetic address (in 127.0.0.0/8).</summary>
+    public required string Address { get; init; }
+}
+
+/// <summary><c>f</c> of <c>S</c>.</summary>
+public sealed record ConfigureResult
+{
+    /// <summary>Whether the relay is on now.</summary>
+    public bool EgressEnabled { get; init; }
+
+    /// <summary>True when <see cref="EgressRelayConfig.CatchAllDestinations"/> was asked for and is in effect.</summary>
+    public bool CatchingAllDestinations { get; init; }
+
+    /// <summary>What could not be done (e.g. the local route without <c>CAP_NET_ADMIN</c>), for the server's log.</summary>
+    public IReadOnlyList<string>? Warnings { get; init; }
+}
+
+/// <summary><c>N</c>: connect to a port inside the sandbox.</summary>
+public sealed record ConnectRequest
+{
+    /// <summary><c>127.0.0.1</c> (default) or <c>::1</c>.</summary>
+    public string? Host { get; init; }
+
+    /// <summary>The port, 1-65535.</summary>
+    public required int Port { get; init; }
+}
+
+/// <summary>The final <c>f</c> of a byte stream (<c>N</c>, <c>n</c>).</summary>
+public sealed record StreamResult
+{
+    /// <summary>Bytes that went into the sandbox.</summary>
+    public long BytesIn { get; init; }
+
+    /// <summary>Bytes that came out of the sandbox.</summary>
+    public long BytesOut { get; init; }
+}
+
+/// <summary><c>n</c>: the sandbox opened a TCP connection the relay caught.</summary>
+public sealed record OutboundConnection
+{
+    /// <summary>The address the sandbox dialed (as it arrived on the relay's listener).</summary>
+    public required string Address { get; init; }
+
+    /// <summary>The port it dialed.</summary>
+    public required int Port { get; init; }
+
+    /// <summary>The name the relay's DNS gave that address, if it was a synthetic one.</summary>
+    public string? Name { get; init; }
+}
+
+/// <summary><c>q</c>: a DNS query from the sandbox.</summary>
+public sealed record DnsQueryMessage
+{
+    /// <summary><c>udp</c> or <c>tcp</c>.</summary>
+    public required string Transport { get; init; }
+
+    /// <summary>The raw DNS message, base64.</summary>
+    public required string Packet { get; init; }
+}
+
+/// <summary><c>Q</c>: the server's answer to <c>q</c>.</summary>
+public sealed record DnsAnswerMessage
+{
+    /// <summary>The raw DNS response, base64; null sends nothing back.</summary>
+    public string? Packet { get; init; }
+
+    /// <summary>A name the answer gave a synthetic address (the supervisor keeps it for <see cref="OutboundConnection.Name"/>).</summary>
+    public DnsMapping? Mapping { get; init; }
+}
+
 /// <summary>Source-generated JSON for every payload (camelCase, nulls omitted); AOT-safe.</summary>
 [JsonSourceGenerationOptions(
     PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase,
@@ -439,4 +687,18 @@ public sealed record DroppedEvent
 [JsonSerializable(typeof(JobRequest))]
 [JsonSerializable(typeof(JobResult))]
 [JsonSerializable(typeof(DroppedEvent))]
+[JsonSerializable(typeof(TerminalSize))]
+[JsonSerializable(typeof(ContextRequest))]
+[JsonSerializable(typeof(ContextInfo))]
+[JsonSerializable(typeof(CellOutcome))]
+[JsonSerializable(typeof(ContextResult))]
+[JsonSerializable(typeof(ConfigureRequest))]
+[JsonSerializable(typeof(ConfigureResult))]
+[JsonSerializable(typeof(EgressRelayConfig))]
+[JsonSerializable(typeof(DnsMapping))]
+[JsonSerializable(typeof(ConnectRequest))]
+[JsonSerializable(typeof(StreamResult))]
+[JsonSerializable(typeof(OutboundConnection))]
+[JsonSerializable(typeof(DnsQueryMessage))]
+[JsonSerializable(typeof(DnsAnswerMessage))]
 public sealed partial class ProtocolJsonContext : JsonSerializerContext;

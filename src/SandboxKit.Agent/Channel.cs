@@ -51,6 +51,10 @@ internal abstract class Channel
     {
     }
 
+    /// <summary>A <c>Q</c> frame: only a DNS query's channel takes one.</summary>
+    internal virtual void OnDnsAnswer(DnsAnswerMessage answer) =>
+        throw new ProtocolViolationException($"Q for channel {Id}, which is not a DNS query");
+
     /// <summary>Credit was added; senders waiting for it go on.</summary>
     protected virtual void OnCreditAdded()
     {

@@ -13,6 +13,9 @@ internal sealed class StatePolicy
 
     /// <summary>A <c>cwd</c> override leaves the session cwd.</summary>
     internal required bool KeepCwd { get; init; }
+
+    /// <summary>The session's <see cref="Session.ConfigureSerial"/> when the command started.</summary>
+    internal required long ConfiguredAt { get; init; }
 }
 
 /// <summary>
@@ -24,6 +27,9 @@ internal sealed class StatePolicy
 /// </summary>
 internal sealed unsafe class Command : IChildOwner
 {
+    /// <summary>What a terminal may still hold beyond its <c>FIONREAD</c> at the exit (the kernel's pending output).</summary>
+    private const int TerminalSlack = 64 * 1024;
+
     [ThreadStatic]
     private static byte[]? t_scratch;
 
@@ -163,7 +169,10 @@ internal sealed unsafe class Command : IChildOwner
     internal void Pump(OutputPipe pipe)
     {
         var scratch = t_scratch ??= new byte[FrameLimits.MaxDataPayload];
-        for (var round = 0; round < 4 && !pipe.Closed; round++)
+        // A terminal after the exit is read until it is empty (EAGAIN): nothing else would wake its reader, since a
+        // background process may hold the slave open and write nothing. Bounded by Remaining.
+        var draining = pipe.EndsWhenEmpty && pipe.Remaining >= 0;
+        for (var round = 0; (round < 4 || draining) && !pipe.Closed; round++)
         {
             var capacity = OutputCapacity();
             if (capacity <= 0)
@@ -188,11 +197,16 @@ internal sealed unsafe class Command : IChildOwner
             }
             if (n == -Errno.EAGAIN)
             {
+                if (pipe.EndsWhenEmpty && pipe.Remaining >= 0)
+                {
+                    pipe.Close(); // the terminal is empty after the exit: what a background process writes later is not the job's
+                    TryFinish();
+                }
                 return;
             }
             if (n <= 0)
             {
-                pipe.Close();
+                pipe.Close(); // EOF, or EIO from a terminal whose every slave descriptor is closed
                 TryFinish();
                 return;
             }
@@ -207,7 +221,7 @@ internal sealed unsafe class Command : IChildOwner
                     return;
                 }
             }
-            if (n < capacity)
+            if (n < capacity && !draining)
             {
                 return;
             }
@@ -254,12 +268,12 @@ internal sealed unsafe class Command : IChildOwner
                 continue;
             }
             var available = Native.FionRead(pipe.Fd);
-            pipe.Remaining = Math.Max(0, available);
+            pipe.Remaining = Math.Max(0, available) + (pipe.EndsWhenEmpty ? TerminalSlack : 0);
         }
 
         if (Persist && State is not null && StateDump is { Overflowed: false } dump && exit.Exited)
         {
-            if (_supervisor.Session.Apply(dump.Data, State.BaseEnv, State.Keep, State.KeepCwd))
+            if (_supervisor.Session.Apply(dump.Data, State.BaseEnv, State.Keep, State.KeepCwd, State.ConfiguredAt))
             {
                 _supervisor.Warm.OnStateChanged();
             }

@@ -45,6 +45,8 @@ internal sealed unsafe class Connection : IPollable
 
     internal int Fd { get; private set; }
 
+    internal EventLoop Loop => _loop;
+
     /// <summary>Which accepted connection this is (1 for the first).</summary>
     internal long Number { get; }
 

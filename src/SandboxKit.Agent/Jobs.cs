@@ -145,6 +145,7 @@ internal sealed class Job
         CommandText = command;
         Ring = new JobRing(ringBytes);
         StartedAtMs = Native.RealtimeMs();
+        StartNs = EventLoop.NowNs;
     }
 
     internal string Id { get; }
@@ -155,7 +156,16 @@ internal sealed class Job
 
     internal long StartedAtMs { get; }
 
+    /// <summary>Monotonic start (a terminal recording's times count from here).</summary>
+    internal long StartNs { get; }
+
+    /// <summary>The pseudo-terminal of a terminal job (its window size and recording), else null.</summary>
+    internal Terminal? Terminal { get; set; }
+
     internal Command? Command { get; set; }
+
+    /// <summary>The reaper's owner of the job's shell: after the exit it says the pid was reaped.</summary>
+    internal IChildOwner? Owner { get; set; }
 
     internal int Pid { get; set; }
 
@@ -178,11 +188,13 @@ internal sealed class Job
         FirstOffset = Ring.FirstOffset,
         NextOffset = Ring.NextOffset,
         Exit = Exit,
+        Pty = Terminal?.Size,
     };
 
     internal void Append(byte type, ReadOnlySpan<byte> data)
     {
         Ring.Append(type, data);
+        Terminal?.Recording.Output(data);
         foreach (var channel in _attached.ToArray())
         {
             channel.Pump();
@@ -194,9 +206,27 @@ internal sealed class Job
         Exit = exit;
         ExitedAtNs = EventLoop.NowNs;
         Command = null;
+        Terminal?.Finished();
         foreach (var channel in _attached.ToArray())
         {
             channel.Pump();
+        }
+    }
+
+    /// <summary>
+    /// <c>J signal</c>: the job's tree. After the shell exited, what is left of it (its session's and group's other
+    /// members: a terminal's background processes after a SIGHUP ended the shell) still gets the signal; the shell's
+    /// own number is never signalled once reaped, and the kernel does not reuse a session's number while a member is left.
+    /// </summary>
+    internal void Signal(Supervisor supervisor, int signal)
+    {
+        if (Command is { } command)
+        {
+            command.Kill(signal);
+        }
+        else if (Pid > 0 && Owner is { } owner)
+        {
+            supervisor.SignalTree(Pid, owner, signal);
         }
     }
 
@@ -251,7 +281,7 @@ internal sealed class JobTable
 /// <summary>
 /// <c>J attach</c>: the job's output from <c>since</c> as it comes, within credit. When credit ran out long enough
 /// that the ring dropped bytes not yet sent, a <c>d</c> tells how many; <c>x</c> when the job exits; <c>K</c> or
-/// <c>C</c> detaches (<c>f</c>).
+/// <c>C</c> detaches (<c>f</c>). <c>I</c> frames are the job's input (a terminal's keystrokes).
 /// </summary>
 internal sealed class AttachChannel : Channel
 {
@@ -292,6 +322,22 @@ internal sealed class AttachChannel : Channel
     }
 
     protected override void OnCreditAdded() => Pump();
+
+    internal override bool AcceptsData => true;
+
+    /// <summary>Input for the job: to its terminal or its stdin pipe, credit coming back as it is written; with
+    /// neither open the bytes go nowhere and their credit comes back at once.</summary>
+    internal override void OnData(ReadOnlyMemory<byte> data)
+    {
+        if (_job.Command?.Stdin is { Closing: false } stdin)
+        {
+            stdin.Enqueue(data, (bytes, drained) => ReturnCredit(bytes, drained));
+        }
+        else
+        {
+            ReturnCredit(data.Length, now: true);
+        }
+    }
 
     internal override void OnKill(int signal) => DetachWithResult();
 

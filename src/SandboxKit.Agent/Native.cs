@@ -127,6 +127,20 @@ internal static unsafe partial class Native
         public long MaxRssKib;
     }
 
+    /// <summary>Mirrors struct sbk_inet in native/net.c: an IPv4 (first 4 bytes) or IPv6 address and a port.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct InetAddress
+    {
+        public int Family;
+        public int Port;
+        public fixed byte Address[16];
+    }
+
+    internal const int AfInet = 2;
+    internal const int AfInet6 = 10;
+    internal const int SigHup = 1;
+    internal const int SigInt = 2;
+
     [LibraryImport(Lib, EntryPoint = "sbk_read")] internal static partial nint Read(int fd, byte* buffer, nint count);
     [LibraryImport(Lib, EntryPoint = "sbk_write")] internal static partial nint Write(int fd, byte* buffer, nint count);
     [LibraryImport(Lib, EntryPoint = "sbk_pread")] internal static partial nint PRead(int fd, byte* buffer, nint count, nint offset);
@@ -175,6 +189,22 @@ internal static unsafe partial class Native
     [LibraryImport(Lib, EntryPoint = "sbk_getrandom")] internal static partial int GetRandom(byte* buffer, nint size);
     [LibraryImport(Lib, EntryPoint = "sbk_install_signal_handlers")] internal static partial int InstallSignalHandlers(int fd);
     [LibraryImport(Lib, EntryPoint = "sbk_page_size")] internal static partial nint PageSize();
+    [LibraryImport(Lib, EntryPoint = "sbk_pty_unlock")] internal static partial int PtyUnlock(int master);
+    [LibraryImport(Lib, EntryPoint = "sbk_pty_peer")] internal static partial int PtyPeer(int master);
+    [LibraryImport(Lib, EntryPoint = "sbk_pty_number")] internal static partial int PtyNumber(int master);
+    [LibraryImport(Lib, EntryPoint = "sbk_set_winsize")] internal static partial int SetWinsize(int fd, int cols, int rows);
+    [LibraryImport(Lib, EntryPoint = "sbk_fchown")] internal static partial int FChown(int fd, int uid, int gid);
+    [LibraryImport(Lib, EntryPoint = "sbk_inet_socket")] internal static partial int InetSocket(int family, int stream);
+    [LibraryImport(Lib, EntryPoint = "sbk_inet_connect")] internal static partial int InetConnect(int fd, InetAddress* to);
+    [LibraryImport(Lib, EntryPoint = "sbk_inet_bind")] internal static partial int InetBind(int fd, InetAddress* at);
+    [LibraryImport(Lib, EntryPoint = "sbk_listen")] internal static partial int Listen(int fd, int backlog);
+    [LibraryImport(Lib, EntryPoint = "sbk_inet_accept")] internal static partial int InetAccept(int fd, InetAddress* local);
+    [LibraryImport(Lib, EntryPoint = "sbk_socket_error")] internal static partial int SocketError(int fd);
+    [LibraryImport(Lib, EntryPoint = "sbk_reset_close")] internal static partial int ResetClose(int fd);
+    [LibraryImport(Lib, EntryPoint = "sbk_inet_recvfrom")] internal static partial nint InetRecvFrom(int fd, byte* buffer, nint size, InetAddress* from);
+    [LibraryImport(Lib, EntryPoint = "sbk_inet_sendto")] internal static partial nint InetSendTo(int fd, byte* buffer, nint size, InetAddress* to);
+    [LibraryImport(Lib, EntryPoint = "sbk_route_local_default")] internal static partial int RouteLocalDefault(int family, int add);
+    [LibraryImport(Lib, EntryPoint = "sbk_loopback_address")] internal static partial int LoopbackAddress(byte* address4, int add);
     [LibraryImport(Lib, EntryPoint = "sbk_spawn")] internal static partial int Spawn(SpawnRequest* request, SpawnResult* result);
     [LibraryImport(Lib, EntryPoint = "sbk_wait_peek")] internal static partial int WaitPeek();
     [LibraryImport(Lib, EntryPoint = "sbk_has_exited")] internal static partial int HasExited(int pid);
@@ -318,7 +348,17 @@ internal static class Errno
     internal const int ENOTEMPTY = 39;
     internal const int ELOOP = 40;
     internal const int EDQUOT = 122;
+    internal const int EAFNOSUPPORT = 97;
+    internal const int EADDRINUSE = 98;
+    internal const int EADDRNOTAVAIL = 99;
+    internal const int ENETUNREACH = 101;
     internal const int ECONNRESET = 104;
+    internal const int ETIMEDOUT = 110;
+    internal const int ECONNREFUSED = 111;
+    internal const int EHOSTUNREACH = 113;
+    internal const int EINPROGRESS = 115;
+    internal const int ENOTTY = 25;
+    internal const int EOPNOTSUPP = 95;
 
     /// <summary>The protocol's error code for an errno (docs/supervisor-protocol.md, "Files").</summary>
     internal static string ToCode(int errno) => errno switch
@@ -363,6 +403,17 @@ internal static class Errno
         ENOTEMPTY => "directory not empty",
         ELOOP => "too many levels of symbolic links",
         EDQUOT => "disk quota exceeded",
+        ENOTTY => "inappropriate ioctl for device",
+        EOPNOTSUPP => "operation not supported",
+        EAFNOSUPPORT => "address family not supported",
+        EADDRINUSE => "address already in use",
+        EADDRNOTAVAIL => "cannot assign requested address",
+        ENETUNREACH => "network is unreachable",
+        ECONNRESET => "connection reset by peer",
+        ETIMEDOUT => "connection timed out",
+        ECONNREFUSED => "connection refused",
+        EHOSTUNREACH => "no route to host",
+        EINPROGRESS => "operation in progress",
         _ => $"errno {errno}",
     };
 }

@@ -17,6 +17,11 @@ internal sealed class OutputPipe(EventLoop loop, int fd, byte frameType, Command
     /// <summary>After the shell's exit: bytes still to read (what was in the pipe then); -1 before.</summary>
     internal long Remaining { get; set; } = -1;
 
+    /// <summary>A terminal's master: after the exit it is read until it is empty (a non-blocking read of a master
+    /// first flushes what the kernel has not moved into it yet, which <c>FIONREAD</c> does not count), at most
+    /// <see cref="Remaining"/> bytes.</summary>
+    internal bool EndsWhenEmpty { get; init; }
+
     public void OnEvents(uint events) => owner.Pump(this);
 
     internal void Resume()
@@ -139,23 +144,24 @@ internal sealed unsafe class StatePipe(EventLoop loop, int fd) : IPollable
 }
 
 /// <summary>
-/// Our write end of a command's stdin pipe (non-blocking): queued bytes are written as the pipe takes them, and
-/// reported through <see cref="Consumed"/> (credit goes back to the server). When the command closes its stdin, the
-/// rest is dropped (and reported as consumed).
+/// Our write end of a command's stdin pipe, or of a terminal's master (non-blocking): queued bytes are written as the
+/// descriptor takes them, and each queued piece reports what left the queue (written, or dropped when the command
+/// closed its stdin) to the credit sink it came with, so credit goes back to the channel that sent it (several attach
+/// channels may feed one terminal). Bytes queued without a sink (stdinText, job stdin ops) are not reported.
 /// </summary>
 internal sealed unsafe class StdinPipe(EventLoop loop, int fd) : IPollable
 {
-    /// <summary>At most this many bytes wait in the queue (job stdin ops; commands are bounded by credit).</summary>
+    /// <summary>At most this many bytes wait in the queue (job stdin ops; channels are bounded by credit).</summary>
     internal const int MaxQueued = 8 * 1024 * 1024;
 
-    private readonly Queue<(ReadOnlyMemory<byte> Data, bool Credited)> _pending = new();
+    private readonly Queue<(ReadOnlyMemory<byte> Data, Action<int, bool>? Sink)> _pending = new();
     private int _fd = fd;
     private bool _registered;
     private bool _closeRequested;
     private int _headOffset;
 
-    /// <summary>(bytes, drained): bytes of <c>I</c> frames left the queue (written or dropped); drained when nothing
-    /// is queued now. Bytes queued without credit (stdinText, job stdin ops) are not reported.</summary>
+    /// <summary>The sink of <see cref="Enqueue(ReadOnlyMemory{byte}, bool)"/> with credit: (bytes, drained) where drained
+    /// means nothing is queued now.</summary>
     internal Action<int, bool>? Consumed { get; set; }
 
     internal bool Closed => _fd < 0;
@@ -165,32 +171,28 @@ internal sealed unsafe class StdinPipe(EventLoop loop, int fd) : IPollable
 
     internal long Queued { get; private set; }
 
+    /// <summary>The descriptor (a terminal's master, for its window size), or -1 once closed.</summary>
+    internal int Fd => _fd;
+
     public void OnEvents(uint events) => TryWrite();
 
-    internal void Enqueue(ReadOnlyMemory<byte> data, bool credited = true)
+    /// <summary>Queues bytes; <paramref name="credited"/> ones report to <see cref="Consumed"/>.</summary>
+    internal void Enqueue(ReadOnlyMemory<byte> data, bool credited = true) => Enqueue(data, credited ? Consumed : null);
+
+    /// <summary>Queues bytes whose consumption is reported to <paramref name="sink"/> (none: not reported).</summary>
+    internal void Enqueue(ReadOnlyMemory<byte> data, Action<int, bool>? sink)
     {
         if (Closing)
         {
-            if (credited)
-            {
-                Consumed?.Invoke(data.Length, _pending.Count == 0);
-            }
+            sink?.Invoke(data.Length, _pending.Count == 0);
             return;
         }
         if (data.Length > 0)
         {
-            _pending.Enqueue((data, credited));
+            _pending.Enqueue((data, sink));
             Queued += data.Length;
         }
         TryWrite();
-    }
-
-    private void Report(int bytes, bool credited, bool drained)
-    {
-        if (credited && bytes > 0)
-        {
-            Consumed?.Invoke(bytes, drained);
-        }
     }
 
     internal void RequestClose()
@@ -224,7 +226,7 @@ internal sealed unsafe class StdinPipe(EventLoop loop, int fd) : IPollable
             }
             if (n < 0)
             {
-                // EPIPE: the command closed its stdin (or exited); the rest can never be read.
+                // EPIPE (or EIO on a terminal): the command closed its input (or exited); the rest can never be read.
                 DropAll();
                 Close();
                 return;
@@ -233,12 +235,18 @@ internal sealed unsafe class StdinPipe(EventLoop loop, int fd) : IPollable
             if (n < rest.Length)
             {
                 _headOffset += (int)n;
-                Report((int)n, head.Credited, drained: false);
+                if (n > 0)
+                {
+                    head.Sink?.Invoke((int)n, false);
+                }
                 continue;
             }
             _pending.Dequeue();
             _headOffset = 0;
-            Report((int)n, head.Credited, _pending.Count == 0);
+            if (n > 0)
+            {
+                head.Sink?.Invoke((int)n, _pending.Count == 0);
+            }
         }
         if (_registered)
         {
@@ -253,22 +261,21 @@ internal sealed unsafe class StdinPipe(EventLoop loop, int fd) : IPollable
 
     private void DropAll()
     {
-        var dropped = 0;
         var first = true;
         while (_pending.TryDequeue(out var item))
         {
-            if (item.Credited)
-            {
-                dropped += item.Data.Length - (first ? _headOffset : 0);
-            }
+            var dropped = item.Data.Length - (first ? _headOffset : 0);
             first = false;
+            if (dropped > 0)
+            {
+                item.Sink?.Invoke(dropped, _pending.Count == 0);
+            }
         }
         _headOffset = 0;
         Queued = 0;
-        Report(dropped, credited: true, drained: true);
     }
 
-    /// <summary>Closes the pipe; queued bytes are dropped.</summary>
+    /// <summary>Closes the pipe; queued bytes are dropped (and reported).</summary>
     internal void Close()
     {
         if (_registered)

@@ -210,10 +210,7 @@ internal static class ProcessTree
         var processes = ProcFs.Snapshot();
         lock (reaper.SpawnLock)
         {
-            if (!missedOnly && owner is { Reaped: false })
-            {
-                _ = Native.Kill(-leader, signal);
-            }
+            var groupSignalled = !missedOnly && owner is { Reaped: false } && Native.Kill(-leader, signal) == 0;
             foreach (var p in processes)
             {
                 if (p.State == 'Z' || (p.ProcessGroup != leader && p.SessionId != leader) || p.Pid == 1)
@@ -232,6 +229,13 @@ internal static class ProcessTree
                 // may have been reused; re-read its stat right before signalling.
                 if (ProcFs.ReadStat(p.Pid) is not { State: not (byte)'Z' } now || (now.ProcessGroup != leader && now.SessionId != leader))
                 {
+                    continue;
+                }
+                if (groupSignalled && now.ProcessGroup == leader && signal != Native.SigKill)
+                {
+                    // The group's signal reached it: a second SIGINT or SIGTERM would interrupt its handling of the
+                    // first (a KeyboardInterrupt in the middle of the cleanup the first one started).
+                    found++;
                     continue;
                 }
                 if (Native.Kill(p.Pid, signal) == 0)

@@ -46,11 +46,50 @@ internal sealed class RunPlan
 
     internal int RingBytes { get; init; }
 
+    /// <summary>A terminal job: the size of its pseudo-terminal.</summary>
+    internal TerminalSize? Pty { get; init; }
+
+    internal string Term { get; init; } = DefaultTerm;
+
+    internal int RecordingBytes { get; init; }
+
+    /// <summary>A terminal without <c>command</c> or <c>code</c>: the bundle's bash as an interactive login shell.</summary>
+    internal bool LoginShell { get; init; }
+
+    internal const string DefaultTerm = "xterm-256color";
+    internal const int DefaultRecordingBytes = 4 << 20;
+    internal const int MinRecordingBytes = 64 << 10;
+    internal const int MaxRecordingBytes = 64 << 20;
+    internal const int MaxTerminalCells = 1000;
+
     internal static RunPlan From(RunRequest request)
     {
-        if ((request.Command is null) == (request.Code is null))
+        var loginShell = request.Pty is not null && request.Command is null && request.Code is null;
+        if (!loginShell && (request.Command is null) == (request.Code is null))
         {
-            throw RequestException.Invalid("exactly one of 'command' and 'code' is required");
+            throw RequestException.Invalid(request.Pty is null
+                ? "exactly one of 'command' and 'code' is required"
+                : "at most one of 'command' and 'code' (neither: an interactive shell)");
+        }
+        if (request.Pty is { } size)
+        {
+            if (!request.Detach)
+            {
+                throw RequestException.Invalid("'pty' needs 'detach' (a terminal is a job)");
+            }
+            CheckSize(size);
+        }
+        else if (request.Term is not null || request.RecordingBytes is not null)
+        {
+            throw RequestException.Invalid("'term' and 'recordingBytes' go with 'pty'");
+        }
+        if (request.Term is { } term && !IsTermName(term))
+        {
+            throw RequestException.Invalid("'term' must be 1-64 characters of [A-Za-z0-9._+-]");
+        }
+        if (request.RecordingBytes is < MinRecordingBytes or > MaxRecordingBytes)
+        {
+            throw RequestException.Invalid($"'recordingBytes' must be {MinRecordingBytes}..{MaxRecordingBytes}");
         }
         string? language = null;
         if (request.Code is not null)
@@ -106,7 +145,7 @@ internal sealed class RunPlan
         {
             throw RequestException.Invalid("'jobId' must be 1-64 characters of [A-Za-z0-9_-]");
         }
-        var text = request.Command ?? request.Code!;
+        var text = request.Command ?? request.Code ?? "bash -l -i";
         return new RunPlan
         {
             Script = request.Command is null ? [] : Encoding.UTF8.GetBytes(request.Command),
@@ -126,10 +165,39 @@ internal sealed class RunPlan
             Detach = request.Detach,
             JobId = request.JobId,
             RingBytes = request.RingBytes ?? DefaultRingBytes,
+            Pty = request.Pty,
+            Term = request.Term ?? DefaultTerm,
+            RecordingBytes = request.RecordingBytes ?? DefaultRecordingBytes,
+            LoginShell = loginShell,
         };
     }
 
-    private static bool IsJobId(string? id)
+    /// <summary>A terminal size: 1 to 1000 columns and rows.</summary>
+    internal static void CheckSize(TerminalSize size)
+    {
+        if (size.Cols is < 1 or > MaxTerminalCells || size.Rows is < 1 or > MaxTerminalCells)
+        {
+            throw RequestException.Invalid($"a terminal has 1-{MaxTerminalCells} columns and rows");
+        }
+    }
+
+    private static bool IsTermName(string term)
+    {
+        if (term.Length is 0 or > 64)
+        {
+            return false;
+        }
+        foreach (var c in term)
+        {
+            if (!(char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '+' or '-'))
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    internal static bool IsJobId(string? id)
     {
         if (id is null || id.Length is 0 or > 64)
         {
@@ -418,7 +486,7 @@ internal sealed unsafe partial class Supervisor
     private Command StartWarm(WarmShell shell, RunPlan plan, byte[] script)
     {
         var command = new Command(this, plan.Display, persist: true,
-            new StatePolicy { BaseEnv = shell.Env, Keep = [], KeepCwd = false }, plan.TimeoutMs, warm: true)
+            new StatePolicy { BaseEnv = shell.Env, Keep = [], KeepCwd = false, ConfiguredAt = Session.ConfigureSerial }, plan.TimeoutMs, warm: true)
         {
             Pid = shell.Pid,
             ProcessOwner = shell,
@@ -553,7 +621,7 @@ internal sealed unsafe partial class Supervisor
             }
 
             var command = new Command(this, plan.Display, persist,
-                new StatePolicy { BaseEnv = baseEnv, Keep = plan.Env.Keys.ToArray(), KeepCwd = plan.Cwd is not null }, plan.TimeoutMs, warm: false)
+                new StatePolicy { BaseEnv = baseEnv, Keep = plan.Env.Keys.ToArray(), KeepCwd = plan.Cwd is not null, ConfiguredAt = Session.ConfigureSerial }, plan.TimeoutMs, warm: false)
             {
                 OomBefore = ReadOomKills(),
                 Job = job,
@@ -721,7 +789,7 @@ internal sealed unsafe partial class Supervisor
             Command command;
             try
             {
-                command = StartCold(plan, script, job);
+                command = plan.Pty is null ? StartCold(plan, script, job) : StartTerminal(plan, script, job);
             }
             catch (RequestException e)
             {
@@ -738,15 +806,16 @@ internal sealed unsafe partial class Supervisor
             }
             command.CodeFile = codeFile;
             job.Command = command;
+            job.Owner = command.ProcessOwner;
             job.Pid = command.Pid;
             command.Begin();
             if (plan.StdinText is { } text)
             {
                 command.Stdin?.Enqueue(text, credited: false);
             }
-            if (!plan.PipeStdin)
+            if (!plan.PipeStdin && plan.Pty is null)
             {
-                command.Stdin?.RequestClose();
+                command.Stdin?.RequestClose(); // a terminal's input stays open: it is how keystrokes arrive
             }
             if (!channel.Ended)
             {
@@ -769,7 +838,7 @@ internal sealed unsafe partial class Supervisor
             new ImmediateChannel(connection, id).Finish(new JobResult { Jobs = Jobs.All.Select(j => j.Info()).ToList() }, ProtocolJsonContext.Default.JobResult);
             return;
         }
-        if (request.Op is not ("get" or "read" or "attach" or "stdin" or "signal" or "forget"))
+        if (request.Op is not ("get" or "read" or "attach" or "stdin" or "signal" or "forget" or "resize" or "recording"))
         {
             throw RequestException.Invalid($"unknown job op '{request.Op}'");
         }
@@ -809,6 +878,10 @@ internal sealed unsafe partial class Supervisor
                 {
                     throw RequestException.Invalid("'data' is not base64");
                 }
+                if (request.Close == true && job.Terminal is not null)
+                {
+                    throw RequestException.Invalid($"job '{job.Id}' is a terminal: its input does not close (send ^D to end a shell's input)");
+                }
                 if (stdin.Queued + data.Length > StdinPipe.MaxQueued)
                 {
                     throw new RequestException(ErrorCodes.Busy, $"job '{job.Id}' has {stdin.Queued} bytes of stdin pending");
@@ -828,10 +901,36 @@ internal sealed unsafe partial class Supervisor
                 {
                     throw RequestException.Invalid("'signal' must be 1..64");
                 }
-                job.Command?.Kill(signal);
+                job.Signal(this, signal);
                 new ImmediateChannel(connection, id).Finish(new JobResult { Job = job.Info() }, ProtocolJsonContext.Default.JobResult);
                 break;
             }
+            case "resize":
+            {
+                if (request.Size is not { } size)
+                {
+                    throw RequestException.Invalid("'size' is required");
+                }
+                RunPlan.CheckSize(size);
+                if (job.Terminal is not { } terminal)
+                {
+                    throw RequestException.Invalid($"job '{job.Id}' is not a terminal");
+                }
+                if (!job.Running)
+                {
+                    throw new RequestException(ErrorCodes.Conflict, $"terminal '{job.Id}' has exited");
+                }
+                terminal.Resize(size);
+                new ImmediateChannel(connection, id).Finish(new JobResult { Job = job.Info() }, ProtocolJsonContext.Default.JobResult);
+                break;
+            }
+            case "recording":
+                if (job.Terminal is not { } recorded)
+                {
+                    throw RequestException.Invalid($"job '{job.Id}' is not a terminal");
+                }
+                _ = new RecordingChannel(connection, id, job, recorded.Recording.Snapshot());
+                break;
             case "forget":
                 if (job.Running)
                 {

@@ -91,8 +91,12 @@ internal sealed class Session
     /// <summary>bash (or the prelude) rewrites these in every shell; they keep their session values.</summary>
     private static readonly string[] NotPersisted = ["SHLVL", "_", "__SBK_BASH_ENV"];
 
+    /// <summary>At most this many names set or unset through <c>S</c> are remembered (oldest forgotten first).</summary>
+    internal const int MaxConfigured = 4096;
+
     private byte[] _lastListing = [];
     private List<KeyValuePair<string, byte[]>>? _lastParsed;
+    private readonly Dictionary<string, (byte[]? Value, long Serial)> _configured = new(StringComparer.Ordinal);
 
     internal Session(string workdir, EnvSnapshot environment)
     {
@@ -111,6 +115,49 @@ internal sealed class Session
 
     /// <summary>Bumped on every change of <see cref="Cwd"/> or <see cref="Env"/>.</summary>
     internal long Version { get; private set; }
+
+    /// <summary>Bumped on every <see cref="Configure"/>: a command records it at its start.</summary>
+    internal long ConfigureSerial { get; private set; }
+
+    /// <summary>
+    /// <c>S setEnv/unsetEnv</c> (and the egress relay's variables): the state environment changes now (a null value
+    /// removes the name). The change also wins over the state dump of every command that was already running: such a
+    /// command started from the environment before it, and its dump would otherwise undo it when it ends.
+    /// </summary>
+    internal bool Configure(IReadOnlyList<KeyValuePair<string, byte[]?>> changes)
+    {
+        if (changes.Count == 0)
+        {
+            return false;
+        }
+        var variables = Env.Copy();
+        var serial = ++ConfigureSerial;
+        foreach (var (name, value) in changes)
+        {
+            if (value is null)
+            {
+                variables.Remove(name);
+            }
+            else
+            {
+                variables[name] = value;
+            }
+            _configured[name] = (value, serial);
+        }
+        while (_configured.Count > MaxConfigured)
+        {
+            var oldest = _configured.MinBy(e => e.Value.Serial).Key;
+            _configured.Remove(oldest);
+        }
+        var next = new EnvSnapshot(variables);
+        if (next.SameAs(Env))
+        {
+            return false;
+        }
+        Env = next;
+        Version++;
+        return true;
+    }
 
     /// <summary>Where the next command starts: the recorded cwd, or the workdir (else /) when it no longer exists.</summary>
     internal string CurrentCwd()
@@ -149,9 +196,10 @@ internal sealed class Session
     /// <summary>
     /// Adopts a complete state dump (<c>$PWD NUL export -p NUL</c>); anything incomplete or unparsable is ignored.
     /// <paramref name="baseEnv"/> is the environment the command started with; names in <paramref name="keep"/>
-    /// (per-command overrides) keep their session values. Returns true when the state changed.
+    /// (per-command overrides) keep their session values, and so do names configured (<see cref="Configure"/>) after
+    /// <paramref name="configuredAt"/>, the command's start. Returns true when the state changed.
     /// </summary>
-    internal bool Apply(ReadOnlySpan<byte> dump, EnvSnapshot baseEnv, IReadOnlyCollection<string> keep, bool keepCwd)
+    internal bool Apply(ReadOnlySpan<byte> dump, EnvSnapshot baseEnv, IReadOnlyCollection<string> keep, bool keepCwd, long configuredAt = long.MaxValue)
     {
         var separator = dump.IndexOf((byte)0);
         if (separator < 0 || dump.Length < separator + 2 || dump[^1] != 0)
@@ -198,6 +246,22 @@ internal sealed class Session
             if (Array.IndexOf(NotPersisted, name) >= 0 || keep.Contains(name) || !ExportParser.IsIdentifier(name))
             {
                 variables[name] = value;
+            }
+        }
+
+        foreach (var (name, (value, serial)) in _configured)
+        {
+            if (serial > configuredAt)
+            {
+                // Configured while the command ran: the command could not have seen it.
+                if (value is null)
+                {
+                    variables.Remove(name);
+                }
+                else
+                {
+                    variables[name] = value;
+                }
             }
         }
 

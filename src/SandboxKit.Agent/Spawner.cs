@@ -18,6 +18,10 @@ internal sealed class SpawnSpec
 
     /// <summary>(parent descriptor, child number) pairs; everything else of the supervisor is close-on-exec.</summary>
     internal List<(int Source, int Target)> Fds { get; } = [];
+
+    /// <summary>A child descriptor number (placed through <see cref="Fds"/>) that becomes the controlling terminal of
+    /// the new session (<c>TIOCSCTTY</c>, done as root before the ids drop); -1 for none.</summary>
+    internal int ControllingTty { get; set; } = -1;
 }
 
 /// <summary>The outcome of a spawn: a pid, or where it failed.</summary>
@@ -28,6 +32,7 @@ internal readonly record struct SpawnOutcome(int Pid, int Error, int Step)
     internal string Describe() => Step switch
     {
         0 => $"clone: {Errno.Describe(Error)}",
+        4 => $"controlling terminal: {Errno.Describe(Error)}",
         6 => $"chdir: {Errno.Describe(Error)}",
         7 => $"execve: {Errno.Describe(Error)}",
         5 => $"dropping privileges: {Errno.Describe(Error)}",
@@ -101,8 +106,9 @@ internal sealed unsafe class Spawner(Reaper reaper, int uid, int gid, bool setId
                     Uid = uid,
                     Gid = gid,
                     OomScoreAdj = CommandOomScore,
-                    Flags = Native.SpawnSetSid | Native.SpawnOomScore | (setIds ? Native.SpawnSetIds : 0),
-                    ControllingTty = -1,
+                    Flags = Native.SpawnSetSid | Native.SpawnOomScore | (setIds ? Native.SpawnSetIds : 0) |
+                        (spec.ControllingTty >= 0 ? Native.SpawnSetCtty : 0),
+                    ControllingTty = spec.ControllingTty,
                     FdCount = spec.Fds.Count,
                     Fds = maps,
                 };

@@ -7,8 +7,9 @@ namespace SandboxKit.Agent;
 
 /// <summary>
 /// <c>sandboxkit-agent serve</c>: PID 1 of a session container (docs/supervisor-protocol.md). Owns the event loop
-/// and everything on it: the listening socket and the one connection, commands, warm shells, jobs, keyed results;
-/// the reaper and file-worker threads post back to it.
+/// and everything on it: the listening socket and the one connection, commands, warm shells, jobs and terminals,
+/// keyed results, interpreter contexts, connections into the sandbox and the egress relay; the reaper and
+/// file-worker threads post back to it.
 /// </summary>
 internal sealed unsafe partial class Supervisor
 {
@@ -34,6 +35,7 @@ internal sealed unsafe partial class Supervisor
     private Connection? _connection;
     private long _connections;
     private uint _highestChannel;
+    private uint _nextSupervisorChannel = FrameType.SupervisorChannelBit;
     private ImageCapabilities _capabilities;
     private LoopTimer? _sampler;
     private int _logPosted;
@@ -54,6 +56,7 @@ internal sealed unsafe partial class Supervisor
         Warm = new WarmShells(this, options.Warm);
         Keys = new KeyedResults();
         Jobs = new JobTable();
+        Relay = new EgressRelay(this);
         _codeDirectory = new CodeDirectory(options.Uid);
         _bootId = RandomHex(8);
         BashPath = Session.CombinePath(bundleDir, "bin/bash");
@@ -87,6 +90,15 @@ internal sealed unsafe partial class Supervisor
     internal KeyedResults Keys { get; }
 
     internal JobTable Jobs { get; }
+
+    internal EgressRelay Relay { get; }
+
+    /// <summary>The connection that said hello and is open, for channels the supervisor opens (egress).</summary>
+    internal Connection? LiveConnection => _connection is { HelloDone: true, Closed: false } connection ? connection : null;
+
+    /// <summary>A new id for a channel the supervisor opens (the high bit set, increasing for the container's life);
+    /// 0 when they ran out.</summary>
+    internal uint NextSupervisorChannel() => _nextSupervisorChannel == uint.MaxValue ? 0 : _nextSupervisorChannel++;
 
     internal int DevNull { get; }
 
@@ -411,6 +423,8 @@ internal sealed unsafe partial class Supervisor
         ShuttingDown = true;
         Log.Info("terminating: killing every command and job");
         Warm.DiscardIdle();
+        KillContexts();
+        Relay.Shutdown();
         foreach (var command in _running.Values.ToArray())
         {
             command.Kill(Native.SigKill);
@@ -490,7 +504,13 @@ internal sealed unsafe partial class Supervisor
             case FrameType.MakeDirectory:
             case FrameType.Stat:
             case FrameType.Job:
+            case FrameType.Context:
+            case FrameType.Connect:
+            case FrameType.Configure:
                 OpenChannel(connection, frame);
+                return;
+            case FrameType.DnsAnswer:
+                OnDnsAnswer(connection, frame);
                 return;
             case FrameType.Data:
             case FrameType.Close:
@@ -617,6 +637,10 @@ internal sealed unsafe partial class Supervisor
 
     private void OpenChannel(Connection connection, Frame frame)
     {
+        if ((frame.Channel & FrameType.SupervisorChannelBit) != 0)
+        {
+            throw new ProtocolViolationException($"{FrameType.Name(frame.Type)} on channel {frame.Channel}: the high bit is the supervisor's");
+        }
         if (frame.Channel <= _highestChannel)
         {
             throw new ProtocolViolationException($"{FrameType.Name(frame.Type)} on channel {frame.Channel}, not above {_highestChannel}");
@@ -632,6 +656,15 @@ internal sealed unsafe partial class Supervisor
                     break;
                 case FrameType.Job:
                     OnJob(connection, id, ParseRequest(frame.Payload, ProtocolJsonContext.Default.JobRequest));
+                    break;
+                case FrameType.Context:
+                    OnContext(connection, id, ParseRequest(frame.Payload, ProtocolJsonContext.Default.ContextRequest));
+                    break;
+                case FrameType.Connect:
+                    StreamChannel.Connect(connection, id, ParseRequest(frame.Payload, ProtocolJsonContext.Default.ConnectRequest));
+                    break;
+                case FrameType.Configure:
+                    OnConfigure(connection, id, ParseRequest(frame.Payload, ProtocolJsonContext.Default.ConfigureRequest));
                     break;
                 default:
                     OnFile(connection, id, frame.Type, ParseRequest(frame.Payload, ProtocolJsonContext.Default.FileRequest));
@@ -649,9 +682,13 @@ internal sealed unsafe partial class Supervisor
         }
     }
 
+    /// <summary>A frame for an id nobody opened (neither the server, at or below its highest id, nor the supervisor).</summary>
+    private bool NeverOpened(uint channel) =>
+        channel == 0 || ((channel & FrameType.SupervisorChannelBit) != 0 ? channel >= _nextSupervisorChannel : channel > _highestChannel);
+
     private void ChannelFrame(Connection connection, Frame frame)
     {
-        if (frame.Channel == 0 || frame.Channel > _highestChannel)
+        if (NeverOpened(frame.Channel))
         {
             throw new ProtocolViolationException($"{FrameType.Name(frame.Type)} for channel {frame.Channel}, never opened");
         }
@@ -694,6 +731,92 @@ internal sealed unsafe partial class Supervisor
             case FrameType.Credit:
                 channel.AddCredit(credit!.Bytes);
                 break;
+        }
+    }
+
+    /// <summary><c>Q</c>: the server's answer on a <c>q</c> channel; for one that timed out meanwhile, ignored.</summary>
+    private void OnDnsAnswer(Connection connection, Frame frame)
+    {
+        if ((frame.Channel & FrameType.SupervisorChannelBit) == 0 || NeverOpened(frame.Channel))
+        {
+            throw new ProtocolViolationException($"Q for channel {frame.Channel}, which the supervisor never opened");
+        }
+        var answer = ParseControl(frame.Payload, ProtocolJsonContext.Default.DnsAnswerMessage);
+        if (connection.Channels.TryGetValue(frame.Channel, out var channel))
+        {
+            channel.OnDnsAnswer(answer);
+        }
+    }
+
+    // ---- session settings -----------------------------------------------------------------------------------
+
+    /// <summary><c>S</c>: environment changes at once, then the egress relay; <c>f</c> when both are in place.</summary>
+    private void OnConfigure(Connection connection, uint id, ConfigureRequest request)
+    {
+        var changes = new List<KeyValuePair<string, byte[]?>>();
+        foreach (var (name, value) in request.SetEnv ?? new Dictionary<string, string>())
+        {
+            if (!IsVariableName(name) || value is null || value.Contains('\0'))
+            {
+                throw RequestException.Invalid("'setEnv' must map variable names (no '=' or NUL) to strings without NUL");
+            }
+            var bytes = Encoding.UTF8.GetBytes(value);
+            var key = EnvSnapshot.Key(name);
+            if (key.Length + 1 + bytes.Length > Session.MaxVariableBytes)
+            {
+                throw RequestException.Invalid($"'{name}' is longer than {Session.MaxVariableBytes} bytes with its value");
+            }
+            changes.Add(new(key, bytes));
+        }
+        foreach (var name in request.UnsetEnv ?? [])
+        {
+            if (!IsVariableName(name))
+            {
+                throw RequestException.Invalid("'unsetEnv' must list variable names (no '=' or NUL)");
+            }
+            changes.Add(new(EnvSnapshot.Key(name), null));
+        }
+        if (request.Egress is { } egress)
+        {
+            EgressRelay.Validate(egress);
+        }
+        ConfigureEnv(changes);
+        var channel = new ImmediateChannel(connection, id);
+        var warnings = new List<string>();
+        void Finish()
+        {
+            if (!channel.Ended)
+            {
+                channel.Finish(new ConfigureResult
+                {
+                    EgressEnabled = Relay.Enabled,
+                    CatchingAllDestinations = Relay.CatchingAll,
+                    Warnings = warnings.Count > 0 ? warnings : null,
+                }, ProtocolJsonContext.Default.ConfigureResult);
+            }
+            foreach (var warning in warnings)
+            {
+                Log.Warn($"egress relay: {warning}");
+            }
+        }
+        if (request.Egress is { } config)
+        {
+            Relay.Apply(config, warnings, Finish);
+        }
+        else
+        {
+            Finish();
+        }
+    }
+
+    private static bool IsVariableName(string? name) => !string.IsNullOrEmpty(name) && !name.Contains('=') && !name.Contains('\0');
+
+    /// <summary>Changes the session's state environment (null values unset); warm shells of the old state go.</summary>
+    internal void ConfigureEnv(IReadOnlyList<KeyValuePair<string, byte[]?>> changes)
+    {
+        if (Session.Configure(changes))
+        {
+            Warm.OnStateChanged();
         }
     }
 

@@ -29,6 +29,7 @@ public sealed class SuiteSetup
 public abstract class AgentTest
 {
     private readonly List<IDisposable> _cleanup = [];
+    private readonly List<Sandbox> _boxes = [];
 
     protected Sandbox Box { get; private set; } = null!;
 
@@ -54,6 +55,8 @@ public abstract class AgentTest
     {
         // A handler that threw, or anything else the supervisor calls an error, fails the test that caused it.
         var errors = A?.Logs.Where(l => l.Level == "error").Select(l => l.Message).ToList() ?? [];
+        // Every client of every sandbox of the test checked the supervisor's data frames against its credit.
+        var creditViolations = (Box is null ? _boxes : _boxes.Prepend(Box)).SelectMany(b => b.Clients).SelectMany(c => c.CreditViolations).ToList();
         if (errors.Count > 0)
         {
             TestContext.Out.WriteLine($"supervisor errors: {string.Join(" | ", errors)}");
@@ -74,9 +77,11 @@ public abstract class AgentTest
             }
         }
         _cleanup.Clear();
+        _boxes.Clear();
         A?.Dispose();
         Box?.Dispose();
         Assert.That(errors, Is.Empty, "the supervisor logged errors");
+        Assert.That(creditViolations, Is.Empty, "the supervisor sent data beyond the credit");
     }
 
     protected T Track<T>(T disposable) where T : IDisposable
@@ -89,6 +94,7 @@ public abstract class AgentTest
     protected (Sandbox Box, AgentClient Client) Another(SandboxOptions options)
     {
         var box = Track(Sandbox.Start(options));
+        _boxes.Add(box);
         return (box, Track(box.Connect()));
     }
 

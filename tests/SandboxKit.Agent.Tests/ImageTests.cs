@@ -51,6 +51,31 @@ public sealed class ImageTests
     }
 
     [Test]
+    public void ContextsOnAnImageWithoutInterpretersAreNotInstalled()
+    {
+        using var box = Sandbox.Start(new SandboxOptions { Image = GlibcOnly });
+        using var a = box.Connect();
+        foreach (var language in new[] { "python", "javascript" })
+        {
+            var created = a.Context(new ContextRequest { Op = "create", Id = language, Language = language });
+            Assert.That(created.Error?.Code, Is.EqualTo(ErrorCodes.NotInstalled), created.ToString());
+        }
+        Assert.That(a.Context(new ContextRequest { Op = "list" }).Context!.Contexts, Is.Empty);
+        Assert.That(a.Run("echo still fine").Out, Is.EqualTo("still fine\n"));
+    }
+
+    [Test]
+    public void TheCaBundleOfAnImageWithoutOneIsTheGatewaysCaAlone()
+    {
+        using var box = Sandbox.Start(new SandboxOptions { Image = GlibcOnly, ExtraArgs = EgressTests.RelayFlags });
+        using var a = box.Connect();
+        const string Pem = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUONLYONLY\n-----END CERTIFICATE-----\n";
+        var result = EgressTests.Configure(a, new ConfigureRequest { Egress = new EgressRelayConfig { Enabled = true, CaPem = Pem } });
+        Assert.That(result.Warnings ?? [], Has.None.Contains("CA"));
+        Assert.That(a.Run("printf '%s\\n' \"$(</etc/sandboxkit/ca-bundle.pem)\"; echo \"$SSL_CERT_FILE\"").Out, Is.EqualTo(Pem + "/etc/sandboxkit/ca-bundle.pem\n"));
+    }
+
+    [Test]
     public void AnImageWithoutGlibcMakesTheSupervisorFailFast()
     {
         var id = Docker.Run(["run", "-d", "--label", Docker.Label, "--user", "0:0", "--cap-drop", "ALL", "--read-only", "--network", "none",
@@ -107,19 +132,66 @@ public sealed class GvisorTests : AgentTest
         a.Ping();
     }
 
-    private AgentClient ConnectRelayWithRetry()
+    [Test]
+    public void ATerminalThroughTheRelay()
+    {
+        using var a = ConnectRelayWithRetry();
+        TerminalTests.StartTerminal(a, "g", cols: 90, rows: 30);
+        var shell = TerminalTests.Attach(a, "g");
+        Assert.That(shell.Command("stty size", "SIZE"), Does.Contain("30 90"));
+        Assert.That(shell.Command("echo \"$TERM $(id -u)\"", "WHO"), Does.Contain("xterm-256color 1000"));
+        shell.Type("exit\r");
+        Assert.That(shell.WaitExit().ExitCode, Is.Zero);
+    }
+
+    [Test]
+    public void AConnectionIntoTheSandboxThroughTheRelay()
+    {
+        using var a = ConnectRelayWithRetry();
+        StreamTests.StartServer(a, "echo", StreamTests.EchoServer);
+        var channel = StreamTests.Open(a, 9000);
+        a.SendData(channel, "under gvisor\n"u8);
+        var echoed = StreamTests.Read(a, channel, until: o => o.Bytes.Length >= 13);
+        a.Send(FrameType.Close, channel);
+        StreamTests.Read(a, channel, echoed);
+        Assert.That((echoed.Text, echoed.HalfClosed, echoed.Result?.BytesIn), Is.EqualTo(("under gvisor\nbye\n", true, (long?)13)));
+    }
+
+    private AgentClient ConnectRelayWithRetry() => ConnectRelayWithRetry(Box);
+
+    internal static AgentClient ConnectRelayWithRetry(Sandbox box)
     {
         var deadline = DateTime.UtcNow.AddSeconds(20);
         while (true)
         {
             try
             {
-                return Box.ConnectRelay();
+                return box.ConnectRelay();
             }
             catch (AssertionException) when (DateTime.UtcNow < deadline)
             {
                 Thread.Sleep(200); // the socket may not exist yet
             }
         }
+    }
+}
+
+/// <summary>The egress relay under gVisor (its flags, the relay transport): routes are not supported there.</summary>
+public sealed class GvisorEgressTests : AgentTest
+{
+    protected override SandboxOptions Options => new() { Runtime = "runsc", ExtraArgs = EgressTests.RelayFlags };
+
+    protected override bool ConnectDirectly => false;
+
+    [Test]
+    public void TheRouteIsAWarningAndDnsIsStillRelayed()
+    {
+        var a = Track(GvisorTests.ConnectRelayWithRetry(Box));
+        var gateway = new FakeGateway(a);
+        gateway.Names["api.example.test"] = System.Net.IPAddress.Parse("127.77.0.9");
+        var result = EgressTests.Configure(a, new ConfigureRequest { Egress = new EgressRelayConfig { Enabled = true, CatchAllDestinations = true } });
+        Assert.That((result.EgressEnabled, result.CatchingAllDestinations), Is.EqualTo((true, false)));
+        Assert.That(result.Warnings, Has.Some.Contains("gVisor"));
+        Assert.That(a.Run("getent ahostsv4 api.example.test | head -n 1").Out, Does.StartWith("127.77.0.9"));
     }
 }

@@ -94,6 +94,42 @@ SBK_EXPORT int sbk_openat(int dirfd, const char *path, int flags, int mode)
     return (int)RETRY(openat(dirfd, path, flags | O_CLOEXEC, mode));
 }
 
+// ---- pseudo-terminals (composed in C#: Terminal.cs) -----------------------------------------------------
+
+#ifndef TIOCGPTPEER
+#define TIOCGPTPEER _IO('T', 0x41)
+#endif
+
+// Unlocks the slave of a /dev/ptmx master (what unlockpt does).
+SBK_EXPORT int sbk_pty_unlock(int master)
+{
+    int unlock = 0;
+    return ioctl(master, TIOCSPTLCK, &unlock) < 0 ? -errno : 0;
+}
+
+// Opens the slave through the master, without a path lookup (Linux 4.13+; -ENOTTY/-EINVAL where unsupported,
+// e.g. gVisor). O_NOCTTY: the supervisor must never acquire a controlling terminal.
+SBK_EXPORT int sbk_pty_peer(int master) { return (int)RETRY(ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC)); }
+
+// The slave's number n (/dev/pts/n).
+SBK_EXPORT int sbk_pty_number(int master)
+{
+    unsigned int n = 0;
+    return ioctl(master, TIOCGPTN, &n) < 0 ? -errno : (int)n;
+}
+
+// TIOCSWINSZ: the kernel sends SIGWINCH to the terminal's foreground process group when the size changes.
+SBK_EXPORT int sbk_set_winsize(int fd, int cols, int rows)
+{
+    struct winsize size;
+    memset(&size, 0, sizeof size);
+    size.ws_col = (unsigned short)cols;
+    size.ws_row = (unsigned short)rows;
+    return ioctl(fd, TIOCSWINSZ, &size) < 0 ? -errno : 0;
+}
+
+SBK_EXPORT int sbk_fchown(int fd, int uid, int gid) { return fchown(fd, (uid_t)uid, (gid_t)gid) < 0 ? -errno : 0; }
+
 // ---- epoll, eventfd, timerfd ---------------------------------------------------------------------------
 
 struct sbk_event

@@ -113,6 +113,28 @@ public sealed class Result
     public List<DroppedEvent> Dropped { get; } = [];
     public TimeSpan Elapsed { get; set; }
 
+    /// <summary>Interpreter events (<c>v</c> chunks up to each <c>w</c>), parsed, in order.</summary>
+    public List<JsonElement> Events { get; } = [];
+
+    /// <summary>Frame types in arrival order with <c>v</c>…<c>w</c> runs shown as one <c>E</c> (for ordering checks).</summary>
+    public System.Text.StringBuilder Order { get; } = new();
+
+    /// <summary>The final frame's payload.</summary>
+    public byte[]? Final { get; set; }
+
+    /// <summary>The final <c>f</c> of a context operation.</summary>
+    public ContextResult? Context { get; set; }
+
+    public CellOutcome? Cell => Context?.Cell;
+
+    /// <summary>The final <c>f</c> as another shared type (stream results, configure results).</summary>
+    public T As<T>() where T : class =>
+        JsonSerializer.Deserialize(Final ?? throw new AssertionException($"no final frame: {this}"), typeof(T), ProtocolJsonContext.Default) as T
+        ?? throw new AssertionException($"final frame is not a {typeof(T).Name}");
+
+    /// <summary>Results of the cell (<c>result</c> events) as (mime bundle, main result?).</summary>
+    public IEnumerable<JsonElement> Results => Events.Where(e => e.GetProperty("type").GetString() == "result");
+
     public byte[] Stdout => StdoutBuffer.ToArray();
     public byte[] Stderr => StderrBuffer.ToArray();
     public string Out => Encoding.UTF8.GetString(Stdout);
@@ -122,7 +144,8 @@ public sealed class Result
     public string Types => new(Frames.Select(f => (char)f.Type).ToArray());
 
     public override string ToString() =>
-        $"channel {Channel} [{Types}] exit={Exit?.ExitCode} signal={Exit?.Signal} error={Error?.Code}:{Error?.Message} out={Out.Length}B err={Err}";
+        $"channel {Channel} [{Types}] exit={Exit?.ExitCode} signal={Exit?.Signal} error={Error?.Code}:{Error?.Message} out={Out.Length}B err={Err}" +
+        (Final is { } final ? $" final={Encoding.UTF8.GetString(final)}" : "");
 }
 
 /// <summary>
@@ -140,6 +163,7 @@ public sealed class AgentClient : IDisposable
     private readonly ConcurrentDictionary<uint, BlockingCollection<Frame>> _queues = new();
     private readonly ConcurrentDictionary<uint, long> _inputCredit = new();
     private readonly ConcurrentDictionary<uint, bool> _manualCredit = new();
+    private readonly ConcurrentDictionary<uint, long> _outputAllowance = new();
     private readonly object _writeLock = new();
     private readonly object _creditGate = new();
     private readonly Thread _reader;
@@ -160,6 +184,12 @@ public sealed class AgentClient : IDisposable
     public ConcurrentQueue<ImageCapabilities> CapabilityFrames { get; } = new();
     public ConcurrentQueue<(byte Type, uint Channel, int Length)> AllFrames { get; } = new();
     public bool Closed => _closed.IsSet;
+
+    /// <summary>Data frames (<c>o e v</c>) the supervisor sent beyond the credit this client had given: must stay empty.</summary>
+    public ConcurrentQueue<string> CreditViolations { get; } = new();
+
+    /// <summary>Channels the supervisor opened (<c>q</c>, <c>n</c>: the high bit set), with their opening frame.</summary>
+    public BlockingCollection<Frame> Opened { get; } = [];
 
     public static AgentClient Open(ITransport transport, int? window, Sandbox? sandbox)
     {
@@ -217,9 +247,20 @@ public sealed class AgentClient : IDisposable
                                 Monitor.PulseAll(_creditGate);
                             }
                             continue;
-                        case FrameType.Stdout or FrameType.Stderr when !_manualCredit.ContainsKey(frame.Channel) && frame.Payload.Length > 0:
-                            SendJson(FrameType.Credit, frame.Channel, new CreditGrant { Bytes = frame.Payload.Length });
+                        case FrameType.Stdout or FrameType.Stderr or FrameType.EventChunk:
+                            var allowance = _outputAllowance.AddOrUpdate(frame.Channel, Window - frame.Payload.Length, (_, a) => a - frame.Payload.Length);
+                            if (allowance < 0)
+                            {
+                                CreditViolations.Enqueue($"{(char)frame.Type} of {frame.Payload.Length} bytes on channel {frame.Channel}: {-allowance} beyond the credit");
+                            }
+                            if (!_manualCredit.ContainsKey(frame.Channel) && frame.Payload.Length > 0)
+                            {
+                                Grant(frame.Channel, frame.Payload.Length);
+                            }
                             break;
+                        case FrameType.DnsQuery or FrameType.Outbound when (frame.Channel & FrameType.SupervisorChannelBit) != 0:
+                            Opened.Add(frame);
+                            continue;
                     }
                     Queue(frame.Channel).Add(frame);
                 }
@@ -235,6 +276,7 @@ public sealed class AgentClient : IDisposable
             {
                 q.CompleteAdding();
             }
+            Opened.CompleteAdding();
             lock (_creditGate)
             {
                 Monitor.PulseAll(_creditGate);
@@ -250,7 +292,12 @@ public sealed class AgentClient : IDisposable
     /// <summary>Our output credit for <paramref name="channel"/> is returned by the test itself (<see cref="Grant"/>).</summary>
     public void ManualCredit(uint channel) => _manualCredit[channel] = true;
 
-    public void Grant(uint channel, int bytes) => SendJson(FrameType.Credit, channel, new CreditGrant { Bytes = bytes });
+    public void Grant(uint channel, int bytes)
+    {
+        // Counted before it is sent: the supervisor may use it as soon as it arrives.
+        _outputAllowance.AddOrUpdate(channel, Window + bytes, (_, a) => a + bytes);
+        SendJson(FrameType.Credit, channel, new CreditGrant { Bytes = bytes });
+    }
 
     public void Send(byte type, uint channel, ReadOnlySpan<byte> payload = default) => SendRaw(FrameEncoder.Encode(type, channel, payload));
 
@@ -346,13 +393,26 @@ public sealed class AgentClient : IDisposable
     {
         var result = new Result { Channel = channel };
         var clock = Stopwatch.StartNew();
+        var chunks = new MemoryStream();
         while (true)
         {
             var frame = Next(channel, timeout);
             result.Frames.Add(frame);
             var span = frame.Payload.Span;
+            if (frame.Type != FrameType.EventChunk && frame.Type != FrameType.EventEnd)
+            {
+                result.Order.Append((char)frame.Type);
+            }
             switch (frame.Type)
             {
+                case FrameType.EventChunk:
+                    chunks.Write(span);
+                    break;
+                case FrameType.EventEnd:
+                    result.Events.Add(JsonDocument.Parse(chunks.ToArray()).RootElement.Clone());
+                    chunks.SetLength(0);
+                    result.Order.Append('E');
+                    break;
                 case FrameType.Started:
                     result.Started = JsonSerializer.Deserialize(span, ProtocolJsonContext.Default.StartedEvent);
                     break;
@@ -369,9 +429,15 @@ public sealed class AgentClient : IDisposable
                     result.Exit = JsonSerializer.Deserialize(span, ProtocolJsonContext.Default.ExitEvent);
                     break;
                 case FrameType.Error:
+                    result.Final = span.ToArray();
                     result.Error = JsonSerializer.Deserialize(span, ProtocolJsonContext.Default.ErrorReply);
                     break;
                 case FrameType.Result:
+                    result.Final = span.ToArray();
+                    if (span.IndexOf("\"cell\""u8) >= 0 || span.IndexOf("\"context"u8) >= 0 || span.SequenceEqual("{}"u8))
+                    {
+                        result.Context = JsonSerializer.Deserialize(span, ProtocolJsonContext.Default.ContextResult);
+                    }
                     if (span.IndexOf("\"job"u8) >= 0 || span.IndexOf("\"from\""u8) >= 0 || span.SequenceEqual("{}"u8))
                     {
                         result.Job = JsonSerializer.Deserialize(span, ProtocolJsonContext.Default.JobResult);
@@ -411,6 +477,20 @@ public sealed class AgentClient : IDisposable
     }
 
     public Result Job(JobRequest request) => Collect(StartJob(request));
+
+    /// <summary>An <c>X</c> operation, collected to its final frame.</summary>
+    public Result Context(ContextRequest request, TimeSpan? timeout = null) => Collect(StartContext(request), timeout);
+
+    public uint StartContext(ContextRequest request)
+    {
+        var channel = NewChannel();
+        SendJson(FrameType.Context, channel, request);
+        return channel;
+    }
+
+    /// <summary>Runs one cell in a context.</summary>
+    public Result Cell(string context, string code, long timeoutMs = 0, long? graceMs = null, string? cellId = null) =>
+        Context(new ContextRequest { Op = "run", Id = context, Code = code, TimeoutMs = timeoutMs, GraceMs = graceMs, CellId = cellId });
 
     public uint StartJob(JobRequest request)
     {

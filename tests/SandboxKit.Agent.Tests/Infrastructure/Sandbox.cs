@@ -45,6 +45,9 @@ public sealed class Sandbox : IDisposable
 
     public SandboxOptions Options { get; }
 
+    /// <summary>Every client connected to this sandbox (their credit checks are asserted at the end of a test).</summary>
+    public System.Collections.Concurrent.ConcurrentQueue<AgentClient> Clients { get; } = new();
+
     public string SocketPath => $"/proc/{HostPid}/root/run/sandboxkit/agent.sock";
 
     /// <summary>After the run: the (by then empty) parent of the workspaces.</summary>
@@ -120,7 +123,9 @@ public sealed class Sandbox : IDisposable
         {
             try
             {
-                return AgentClient.Open(new UnixTransport(SocketPath), hello ? window : null, this);
+                var client = AgentClient.Open(new UnixTransport(SocketPath), hello ? window : null, this);
+                Clients.Enqueue(client);
+                return client;
             }
             catch (System.Net.Sockets.SocketException) when (deadline.Elapsed < TimeSpan.FromSeconds(10))
             {
@@ -130,7 +135,12 @@ public sealed class Sandbox : IDisposable
     }
 
     /// <summary>A new connection through <c>docker exec -i -u 0 C sandboxkit-agent relay</c> (how gVisor is reached).</summary>
-    public AgentClient ConnectRelay(int window = 256 * 1024) => AgentClient.Open(new RelayTransport(Id), window, this);
+    public AgentClient ConnectRelay(int window = 256 * 1024)
+    {
+        var client = AgentClient.Open(new RelayTransport(Id), window, this);
+        Clients.Enqueue(client);
+        return client;
+    }
 
     public string Logs() => Docker.Run(["logs", Id], check: false) is var o ? (o.Stdout + o.Stderr).Trim() : "";
 
