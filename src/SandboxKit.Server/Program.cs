@@ -2,7 +2,8 @@ using SandboxKit.Server;
 
 try
 {
-    var app = SandboxServerApp.Build(args);
+    // Disposed, not only stopped: singletons such as the disk pool release what they hold (loop devices, images) on disposal.
+    await using var app = SandboxServerApp.Build(args);
     SandboxServerApp.EnsureAddressesAreFree(app);
     await SandboxServerApp.StartCheckedAsync(app);
     foreach (var url in app.Urls)

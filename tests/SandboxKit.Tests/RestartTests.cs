@@ -117,6 +117,8 @@ public sealed class RestartTests
             var containers = await Engine.Docker.ListContainersAsync(SandboxKit.Server.Sessions.SessionLabels.Instance, instance, CancellationToken.None);
             Assert.That(containers.Select(c => c.Id), Has.Exactly(1).Items, "the session lives on for the next start");
             Assert.That(session.Id, Is.Not.Empty);
+            // The pool's disks and the ready disks go with it (the server disposes what it holds, not only stops).
+            Assert.That(Engine.DiskImages(instance), Has.Length.EqualTo(1), "only the live session's workspace disk is left");
         }
         finally
         {
