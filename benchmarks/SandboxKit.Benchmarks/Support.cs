@@ -38,11 +38,28 @@ internal sealed record IdleMemory(int Sessions, double PerSessionMiB, double Sup
         await SettleAsync();
         var before = MemAvailableKiB();
         var ids = new List<string>();
-        // A few at a time: creating is not what is measured, and the host has two cores.
+        try
+        {
+            return await MeasureAsync(http, docker, count, before, ids);
+        }
+        finally
+        {
+            // Also when a create failed half-way: the sessions made so far (and their disks) must not outlive the run.
+            foreach (var id in ids)
+            {
+                await http.DeleteAsync($"/v1/sessions/{id}");
+            }
+        }
+    }
+
+    private static async Task<IdleMemory> MeasureAsync(HttpClient http, DockerEngine docker, int count, long before, List<string> ids)
+    {
+        // A few at a time: creating is not what is measured, and the host has two cores. Small disks: 100 sessions of
+        // the default 1 GiB would commit more disk than admission allows on a small host (the disk costs no memory).
         for (var i = 0; i < count; i += 4)
         {
             var batch = await Task.WhenAll(Enumerable.Range(0, Math.Min(4, count - i)).Select(_ =>
-                Api.CreateAsync(http, new CreateSessionRequest { MemoryBytes = 128L << 20 })));
+                Api.CreateAsync(http, new CreateSessionRequest { MemoryBytes = 128L << 20, DiskBytes = 64L << 20 })));
             ids.AddRange(batch.Select(s => s.Id));
         }
         // Let every supervisor finish its image probes and start its warm shell.
@@ -61,10 +78,6 @@ internal sealed record IdleMemory(int Sessions, double PerSessionMiB, double Sup
                 shim += ParentRssKiB(state.Pid);
                 sampled++;
             }
-        }
-        foreach (var id in ids)
-        {
-            await http.DeleteAsync($"/v1/sessions/{id}");
         }
         var perSession = (before - after) / 1024.0 / count;
         var supervisorMiB = sampled == 0 ? 0 : supervisor / 1024 / sampled;
