@@ -28,7 +28,10 @@ public sealed class ScriptedChatClient(Func<ScriptedTurn, ScriptedReply> script)
         var calls = turnMessages.SelectMany(m => m.Contents.OfType<FunctionCallContent>()).ToDictionary(c => c.CallId, c => c.Name);
         var results = turnMessages
             .SelectMany(m => m.Contents.OfType<FunctionResultContent>())
-            .Select(r => new ScriptedToolResult(calls.GetValueOrDefault(r.CallId, "?"), ScriptedToolResult.ToJson(r.Result)))
+            .Select(r => new ScriptedToolResult(calls.GetValueOrDefault(r.CallId, "?"), ScriptedToolResult.ToJson(r.Result))
+            {
+                Attachments = ScriptedToolResult.AttachmentsOf(r.Result),
+            })
             .ToList();
         var turn = new ScriptedTurn(lastUser >= 0 ? history[lastUser].Text : "", results, options?.Tools ?? []);
 
@@ -97,6 +100,13 @@ public sealed record ScriptedTurn(string UserText, IReadOnlyList<ScriptedToolRes
 /// <param name="Json">The result.</param>
 public sealed record ScriptedToolResult(string Tool, JsonElement Json)
 {
+    /// <summary>Binary content that came with the result (e.g. the images of run_code, as <see cref="DataContent"/>).</summary>
+    public IReadOnlyList<DataContent> Attachments { get; init; } = [];
+
+    /// <summary>The <see cref="DataContent"/> items of a result that is a list of <see cref="AIContent"/>; empty otherwise.</summary>
+    public static IReadOnlyList<DataContent> AttachmentsOf(object? result) =>
+        result is IEnumerable<AIContent> contents ? contents.OfType<DataContent>().ToList() : [];
+
     /// <summary>Normalises what function-invocation pipelines put in <see cref="FunctionResultContent.Result"/> to JSON.</summary>
     public static JsonElement ToJson(object? result)
     {
@@ -104,6 +114,9 @@ public sealed record ScriptedToolResult(string Tool, JsonElement Json)
         {
             JsonElement e => e,
             string s => TryParse(s) ?? JsonSerializer.SerializeToElement(s),
+            // A list of contents (run_code's JSON as text, then its images): the JSON is the first text.
+            IEnumerable<AIContent> contents when contents.OfType<TextContent>().FirstOrDefault() is { } first =>
+                TryParse(first.Text) ?? JsonSerializer.SerializeToElement(first.Text),
             null => JsonSerializer.SerializeToElement<object?>(null),
             _ => JsonSerializer.SerializeToElement(result, result.GetType(), AIJsonUtilities.DefaultOptions),
         };

@@ -20,10 +20,11 @@ public interface ISandboxToolTarget
     /// <returns>The result; a non-zero exit code is a result, not an exception.</returns>
     Task<ExecuteResult> ExecuteAsync(ExecuteRequest request, CancellationToken cancellationToken);
 
-    /// <summary>Runs source code with its interpreter and waits for its result.</summary>
+    /// <summary>Runs code and waits for its result: Python and JavaScript as a cell of the session's live interpreter (its
+    /// default context unless <see cref="RunCodeRequest.ContextId"/> names one), bash in the session's shell.</summary>
     /// <param name="request">The validated request.</param>
     /// <param name="cancellationToken">Cancels the call.</param>
-    /// <returns>The result.</returns>
+    /// <returns>The result, with the cell's rich results and exception.</returns>
     Task<ExecuteResult> RunCodeAsync(RunCodeRequest request, CancellationToken cancellationToken);
 
     /// <summary>Creates or replaces a file (parents are created).</summary>
@@ -103,9 +104,10 @@ public sealed class SandboxSessionToolTarget(SandboxSession session) : ISandboxT
     public async Task<ExecuteResult> RunCodeAsync(RunCodeRequest request, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(request);
-        var result = await _session.RunCodeAsync(request.Language, request.Code, new RunCodeOptions
+        var result = await _session.RunCodeAsync(request.Code, request.Language, new RunCodeOptions
         {
             Timeout = request.TimeoutSeconds is { } seconds ? TimeSpan.FromSeconds(seconds) : null,
+            ContextId = request.ContextId,
             Stdin = request.Stdin,
             Environment = request.Environment,
         }, cancellationToken).ConfigureAwait(false);
@@ -125,6 +127,46 @@ public sealed class SandboxSessionToolTarget(SandboxSession session) : ISandboxT
     {
         var entries = await _session.ListFilesAsync(path, cancellationToken).ConfigureAwait(false);
         return new FileList { Path = path, Entries = entries };
+    }
+
+    private static ExecuteResult ToContract(CodeResult r) => new()
+    {
+        ExitCode = r.ExitCode,
+        Stdout = r.Stdout,
+        Stderr = r.Stderr,
+        TimedOut = r.TimedOut,
+        OomKilled = r.OomKilled,
+        Truncated = r.Truncated,
+        StdoutBytes = System.Text.Encoding.UTF8.GetByteCount(r.Stdout),
+        StderrBytes = System.Text.Encoding.UTF8.GetByteCount(r.Stderr),
+        DurationMs = r.Duration.TotalMilliseconds,
+        Results = r.Results.Select(ToContract).ToList(),
+        Error = r.Error,
+        ExecutionCount = r.ExecutionCount,
+        ContextId = r.ContextId,
+        Interrupted = r.ContextId is null ? null : r.Interrupted,
+        StateLost = r.ContextId is null ? null : r.StateLost,
+    };
+
+    private static CodeOutput ToContract(RichResult r)
+    {
+        var output = new CodeOutput { IsMainResult = r.IsMainResult };
+        foreach (var (mimeType, value) in r.Data)
+        {
+            output.Data[mimeType] = StringElement(value);
+        }
+        return output;
+    }
+
+    private static System.Text.Json.JsonElement StringElement(string value)
+    {
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(value.Length + 16);
+        using (var writer = new System.Text.Json.Utf8JsonWriter(buffer))
+        {
+            writer.WriteStringValue(value);
+        }
+        using var document = System.Text.Json.JsonDocument.Parse(buffer.WrittenMemory);
+        return document.RootElement.Clone();
     }
 
     private static ExecuteResult ToContract(CommandResult r) => new()

@@ -63,18 +63,19 @@ public sealed class SandboxAgentTools
         return target.Replaced ? result with { Notice = ReplacedNotice } : result;
     }
 
-    /// <summary>Runs a Python, Node.js or bash program in the user's sandbox.</summary>
+    /// <summary>Runs Python or JavaScript code in the user's sandbox, in the live interpreter of that language (variables persist
+    /// from call to call), or bash in its shell.</summary>
     /// <param name="userId">The end user; <see langword="null"/> for the ambient or default user.</param>
     /// <param name="language">The language, from the model.</param>
-    /// <param name="code">The program, from the model.</param>
+    /// <param name="code">The code, from the model.</param>
     /// <param name="timeoutSeconds">Timeout, from the model.</param>
     /// <param name="cancellationToken">Cancels the call.</param>
-    /// <returns>The structured result.</returns>
-    public async Task<SandboxCommandResult> RunCodeAsync(string? userId, string language, string code, double? timeoutSeconds = null, CancellationToken cancellationToken = default)
+    /// <returns>The structured result, with the images the code displayed in <see cref="SandboxCodeResult.Images"/>.</returns>
+    public async Task<SandboxCodeResult> RunCodeAsync(string? userId, string language, string code, double? timeoutSeconds = null, CancellationToken cancellationToken = default)
     {
         if (Target(userId) is not { } target)
         {
-            return SandboxCommandResult.Failed(NoUser);
+            return SandboxCodeResult.Failed(NoUser);
         }
         var result = await Tools.RunCodeAsync(target, language, code, timeoutSeconds, cancellationToken).ConfigureAwait(false);
         return target.Replaced ? result with { Notice = ReplacedNotice } : result;
@@ -150,7 +151,9 @@ public sealed class SandboxAgentTools
     /// <param name="userId">
     /// Bind the functions to this end user; <see langword="null"/> to resolve the user on each call (ambient, then default).
     /// </param>
-    /// <returns>The functions: run_command, run_code, write_file, read_file, list_files and maybe upload_file_from_host.</returns>
+    /// <returns>The functions: run_command, run_code, write_file, read_file, list_files and maybe upload_file_from_host. run_code returns
+    /// a list of <see cref="AIContent"/>: the JSON result as <see cref="TextContent"/>, then each image as <see cref="DataContent"/>
+    /// (see <see cref="SandboxCodeResult.ToAIContents"/> and <see cref="SandboxToolOptions.AttachImages"/>); the others return their JSON result.</returns>
     public IReadOnlyList<AIFunction> CreateAIFunctions(string? userId = null)
     {
         var functions = new List<AIFunction>
@@ -164,7 +167,7 @@ public sealed class SandboxAgentTools
                 ([Description(SandboxToolDescriptions.LanguageParameter)] string language,
                  [Description(SandboxToolDescriptions.CodeParameter)] string code,
                  [Description(SandboxToolDescriptions.TimeoutParameter)] double? timeoutSeconds = null,
-                 CancellationToken cancellationToken = default) => RunCodeAsync(userId, language, code, timeoutSeconds, cancellationToken),
+                 CancellationToken cancellationToken = default) => RunCodeContentsAsync(userId, language, code, timeoutSeconds, cancellationToken),
                 Options(SandboxToolNames.RunCode, SandboxToolDescriptions.RunCode)),
             AIFunctionFactory.Create(
                 ([Description(SandboxToolDescriptions.PathParameter)] string path,
@@ -190,6 +193,9 @@ public sealed class SandboxAgentTools
         }
         return functions;
     }
+
+    private async Task<IList<AIContent>> RunCodeContentsAsync(string? userId, string language, string code, double? timeoutSeconds, CancellationToken cancellationToken) =>
+        (await RunCodeAsync(userId, language, code, timeoutSeconds, cancellationToken).ConfigureAwait(false)).ToAIContents();
 
     private const string NoUser = "no sandbox user is set for this call; the application must name the end user.";
 

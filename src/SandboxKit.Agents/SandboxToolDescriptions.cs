@@ -6,7 +6,7 @@ public static class SandboxToolNames
     /// <summary>Runs a bash command.</summary>
     public const string RunCommand = "run_command";
 
-    /// <summary>Runs Python, Node.js or bash source code.</summary>
+    /// <summary>Runs Python or JavaScript code in a live interpreter (state persists between calls), or bash.</summary>
     public const string RunCode = "run_code";
 
     /// <summary>Writes a text file.</summary>
@@ -44,8 +44,15 @@ public static class SandboxToolDescriptions
 
     /// <summary>Description of <see cref="SandboxToolNames.RunCode"/>.</summary>
     public const string RunCode =
-        "Run a complete Python, Node.js or bash program in your sandbox and wait for it to finish. " + Sandbox +
-        " Print what you need to see: only stdout and stderr come back." + CommandResultShape;
+        "Run Python or JavaScript code in a live interpreter in your sandbox, like a notebook cell, and wait for it to finish: " +
+        "variables, imports and functions persist between run_code calls of the same language. " + Sandbox +
+        " pandas, numpy and matplotlib are available to Python. The value of the last expression comes back as a result, and " +
+        "matplotlib figures (plt.show()) come back as images. \"bash\" runs the code in the shell instead." +
+        " Returns JSON {status, exitCode, stdout, stderr, results: [{isMainResult, formats, text, image, note}], error, traceback, " +
+        "executionCount, stateLost, truncated}: status is \"ok\" when the code ran to its end, \"error\" when it raised (error is " +
+        "\"ExceptionName: message\", traceback has the details) or could not run, \"timeout\" when it ran out of time and was " +
+        "interrupted (variables are kept unless stateLost is true). text is a result's plain-text form; image=N means the Nth " +
+        "image attached after the JSON shows it. truncated=true means long output was cut.";
 
     /// <summary>Description of <see cref="SandboxToolNames.WriteFile"/>.</summary>
     public const string WriteFile =
@@ -75,10 +82,10 @@ public static class SandboxToolDescriptions
     public const string TimeoutParameter = "Seconds before the command and all its child processes are killed. Omit for the default.";
 
     /// <summary>Description of a language parameter.</summary>
-    public const string LanguageParameter = "\"python\", \"node\" or \"bash\".";
+    public const string LanguageParameter = "\"python\", \"javascript\" or \"bash\".";
 
     /// <summary>Description of a code parameter.</summary>
-    public const string CodeParameter = "The complete source code of the program.";
+    public const string CodeParameter = "The code to run; the value of its last expression is returned. Earlier run_code calls' variables are still defined.";
 
     /// <summary>Description of a sandbox path parameter.</summary>
     public const string PathParameter = "Path inside the sandbox: absolute, or relative to /workspace.";

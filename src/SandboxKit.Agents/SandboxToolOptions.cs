@@ -43,6 +43,20 @@ public sealed class SandboxToolOptions
     /// <summary>Largest file <c>upload_file_from_host</c> copies, in bytes. Default 10 MiB.</summary>
     public long MaxUploadBytes { get; set; } = 10L << 20;
 
+    /// <summary>
+    /// Attach the images <c>run_code</c> displays (matplotlib figures, PNG and JPEG results) to its result: MCP image blocks,
+    /// Microsoft.Extensions.AI <c>DataContent</c>, Semantic Kernel <c>ImageContent</c>. Default true. The JSON result always
+    /// carries each result's text form, and it is all that clients which take tool results as text send (never the base64);
+    /// turn images off to keep them from the model altogether (the results then say why they were not attached).
+    /// </summary>
+    public bool AttachImages { get; set; } = true;
+
+    /// <summary>Most images one <c>run_code</c> result attaches; later ones are listed but not attached. Default 4.</summary>
+    public int MaxImages { get; set; } = 4;
+
+    /// <summary>Largest image <c>run_code</c> attaches, in bytes; a larger one is listed but not attached. Default 2 MiB.</summary>
+    public int MaxImageBytes { get; set; } = 2 << 20;
+
     /// <summary>True when <see cref="AllowedUploadDirectories"/> has at least one entry.</summary>
     public bool UploadsFromHostEnabled => AllowedUploadDirectories.Count > 0;
 
@@ -54,6 +68,8 @@ public sealed class SandboxToolOptions
         Positive(MaxWriteBytes, nameof(MaxWriteBytes));
         Positive(MaxReadBytes, nameof(MaxReadBytes));
         Positive(MaxListEntries, nameof(MaxListEntries));
+        Positive(MaxImages, nameof(MaxImages));
+        Positive(MaxImageBytes, nameof(MaxImageBytes));
         if (MaxOutputChars < 64)
         {
             throw new ArgumentOutOfRangeException(nameof(MaxOutputChars), MaxOutputChars, "MaxOutputChars must be at least 64.");

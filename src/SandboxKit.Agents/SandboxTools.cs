@@ -28,6 +28,9 @@ public sealed class SandboxTools
     private readonly int _maxListEntries;
     private readonly TimeSpan _defaultTimeout;
     private readonly TimeSpan _maxTimeout;
+    private readonly bool _attachImages;
+    private readonly int _maxImages;
+    private readonly int _maxImageBytes;
     private readonly HostUploadPolicy _uploads;
 
     /// <summary>Creates the tools.</summary>
@@ -46,6 +49,9 @@ public sealed class SandboxTools
         _maxListEntries = options.MaxListEntries;
         _defaultTimeout = options.DefaultTimeout;
         _maxTimeout = options.MaxTimeout;
+        _attachImages = options.AttachImages;
+        _maxImages = options.MaxImages;
+        _maxImageBytes = options.MaxImageBytes;
         _uploads = new HostUploadPolicy(options.AllowedUploadDirectories, options.MaxUploadBytes);
     }
 
@@ -82,39 +88,43 @@ public sealed class SandboxTools
         }
     }
 
-    /// <summary>Runs a program with its interpreter (<c>run_code</c>).</summary>
+    /// <summary>
+    /// Runs code (<c>run_code</c>): Python or JavaScript in the session's default context of that language, a live interpreter
+    /// whose variables persist from call to call; bash in the session's shell. Rich results come back as text, and the images
+    /// the code displayed as <see cref="SandboxCodeResult.Images"/> (unless <see cref="SandboxToolOptions.AttachImages"/> is off).
+    /// </summary>
     /// <param name="target">The session to run in.</param>
-    /// <param name="language"><c>python</c>, <c>node</c> or <c>bash</c> (common aliases such as <c>python3</c> and <c>javascript</c> are accepted).</param>
+    /// <param name="language"><c>python</c>, <c>javascript</c> or <c>bash</c> (common aliases such as <c>python3</c>, <c>node</c> and <c>js</c> are accepted).</param>
     /// <param name="code">The source code, from the model.</param>
     /// <param name="timeoutSeconds">Timeout from the model; <see langword="null"/> for the default.</param>
     /// <param name="cancellationToken">Cancels the call.</param>
     /// <returns>The structured result.</returns>
-    public async Task<SandboxCommandResult> RunCodeAsync(
+    public async Task<SandboxCodeResult> RunCodeAsync(
         ISandboxToolTarget target, string language, string code, double? timeoutSeconds = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(target);
         var normalized = NormalizeLanguage(language);
         if (normalized is null)
         {
-            return SandboxCommandResult.Failed($"language must be \"python\", \"node\" or \"bash\" (got \"{Shorten(language)}\").");
+            return SandboxCodeResult.Failed($"language must be \"python\", \"javascript\" or \"bash\" (got \"{Shorten(language)}\").");
         }
         if (CheckText(code, "code", _maxCodeLength) is { } invalid)
         {
-            return SandboxCommandResult.Failed(invalid);
+            return SandboxCodeResult.Failed(invalid);
         }
         if (ResolveTimeout(timeoutSeconds, out var seconds) is { } badTimeout)
         {
-            return SandboxCommandResult.Failed(badTimeout);
+            return SandboxCodeResult.Failed(badTimeout);
         }
         try
         {
             var result = await target.RunCodeAsync(new RunCodeRequest { Language = normalized, Code = code, TimeoutSeconds = seconds }, cancellationToken)
                 .ConfigureAwait(false);
-            return ToResult(result, seconds);
+            return ToCodeResult(result, seconds);
         }
         catch (Exception e) when (!IsCallerCancellation(e, cancellationToken))
         {
-            return SandboxCommandResult.Failed(DescribeError(e));
+            return SandboxCodeResult.Failed(DescribeError(e));
         }
     }
 
@@ -322,6 +332,150 @@ public sealed class SandboxTools
         };
     }
 
+    /// <summary>Most rich results one <c>run_code</c> result lists.</summary>
+    private const int MaxCodeResults = 20;
+
+    /// <summary>Image formats attached to <c>run_code</c> results, in order of preference.</summary>
+    private static readonly string[] ImageFormats = ["image/png", "image/jpeg"];
+
+    /// <summary>Formats whose text stands in for a result without <c>text/plain</c>, in order of preference.</summary>
+    private static readonly string[] TextFormats = ["text/plain", "text/markdown", "application/json", "text/latex", "text/html", "image/svg+xml"];
+
+    private SandboxCodeResult ToCodeResult(ExecuteResult result, double timeoutSeconds)
+    {
+        var stdout = CapOutput(result.Stdout, _maxOutputChars, out var stdoutCut);
+        var stderr = CapOutput(result.Stderr, _maxOutputChars, out var stderrCut);
+        var isCell = result.ContextId is not null;
+        var stateLost = result.StateLost == true;
+        var lost = stateLost ? " The interpreter was restarted: variables defined before are gone." : "";
+        var seconds = timeoutSeconds.ToString(CultureInfo.InvariantCulture);
+        var (status, error) = result switch
+        {
+            { TimedOut: true } when isCell => (SandboxToolStatus.Timeout,
+                $"the code did not finish within {seconds} s and was interrupted." + (stateLost ? lost : " Variables defined before are kept.")),
+            { TimedOut: true } => (SandboxToolStatus.Timeout, $"the command did not finish within {seconds} s; it and its child processes were killed."),
+            { OomKilled: true } => (SandboxToolStatus.Error, "the code ran out of memory and was killed." + lost),
+            { Error: { } raised } => (SandboxToolStatus.Error, CapOutput($"{raised.Name}: {raised.Value}", 1024, out _) + lost),
+            { ExitCode: 0 } => (SandboxToolStatus.Ok, null),
+            { ExitCode: > 128 and < 160 } when !isCell => (SandboxToolStatus.Error, $"the command was killed by signal {result.ExitCode - 128} (exit code {result.ExitCode})."),
+            _ => (SandboxToolStatus.Error, isCell ? "the code failed." + lost : $"the command exited with code {result.ExitCode}."),
+        };
+
+        var outputs = new List<SandboxCodeOutput>();
+        var images = new List<SandboxImage>();
+        var truncated = result.Truncated || stdoutCut || stderrCut;
+        foreach (var output in result.Results ?? [])
+        {
+            if (output is null)
+            {
+                continue;
+            }
+            if (outputs.Count == MaxCodeResults)
+            {
+                truncated = true;
+                break;
+            }
+            outputs.Add(ToOutput(output, images, ref truncated));
+        }
+
+        return new SandboxCodeResult
+        {
+            Status = status,
+            ExitCode = result.TimedOut ? null : result.ExitCode,
+            Stdout = stdout,
+            Stderr = stderr,
+            Results = outputs,
+            Error = error,
+            Traceback = result.Error is { Traceback: { Length: > 0 } traceback } ? CapTail(traceback, Math.Max(64, _maxOutputChars / 4)) : null,
+            ExecutionCount = isCell ? result.ExecutionCount : null,
+            StateLost = stateLost,
+            Truncated = truncated,
+            Images = images,
+        };
+    }
+
+    private SandboxCodeOutput ToOutput(CodeOutput output, List<SandboxImage> images, ref bool truncated)
+    {
+        string? text = null;
+        string? note = null;
+        foreach (var format in TextFormats)
+        {
+            if (output.Get(format) is { } value)
+            {
+                text = CapOutput(value, _maxOutputChars, out var cut);
+                if (cut)
+                {
+                    truncated = true;
+                    note = $"the text ({format}) was cut: it is longer than {_maxOutputChars} characters.";
+                }
+                break;
+            }
+        }
+
+        int? image = null;
+        if (ImageFormats.FirstOrDefault(f => output.Get(f) is not null) is { } imageFormat)
+        {
+            var bytes = Decode(output.Get(imageFormat)!);
+            if (!_attachImages)
+            {
+                note = $"{imageFormat} not attached: images are turned off for this application.";
+            }
+            else if (bytes is null)
+            {
+                note = $"{imageFormat} not attached: it is not valid base64.";
+            }
+            else if (bytes.Length > _maxImageBytes)
+            {
+                note = $"{imageFormat} not attached: it is larger than {_maxImageBytes} bytes; save it to a file (e.g. savefig) and shrink it.";
+            }
+            else if (images.Count >= _maxImages)
+            {
+                note = $"{imageFormat} not attached: at most {_maxImages} images are attached to one result.";
+            }
+            else
+            {
+                images.Add(new SandboxImage { MimeType = imageFormat, Data = bytes });
+                image = images.Count;
+            }
+        }
+
+        return new SandboxCodeOutput
+        {
+            IsMainResult = output.IsMainResult,
+            Formats = output.Data.Keys.Take(16).ToList(),
+            Text = text,
+            Image = image,
+            Note = note,
+        };
+
+        static byte[]? Decode(string base64)
+        {
+            try
+            {
+                return Convert.FromBase64String(base64);
+            }
+            catch (FormatException)
+            {
+                return null;
+            }
+        }
+    }
+
+    /// <summary>Keeps the end of long text (where a traceback names the failing line), with a marker where the start was dropped.</summary>
+    private static string CapTail(string text, int maxChars)
+    {
+        if (text.Length <= maxChars)
+        {
+            return text;
+        }
+        var start = text.Length - (maxChars - 40);
+        if (char.IsLowSurrogate(text[start]))
+        {
+            start++;
+        }
+        return $"[... {start} characters omitted ...]\n" + text[start..];
+    }
+
     /// <summary>Keeps the head and tail of long output, with a marker where the middle was dropped.</summary>
     internal static string CapOutput(string? text, int maxChars, out bool truncated)
     {
@@ -395,7 +549,7 @@ public sealed class SandboxTools
     private static string? NormalizeLanguage(string? language) => language?.Trim().ToLowerInvariant() switch
     {
         "python" or "python3" or "py" => CodeLanguages.Python,
-        "node" or "nodejs" or "javascript" or "js" => CodeLanguages.Node,
+        "node" or "nodejs" or "javascript" or "js" => CodeLanguages.JavaScript,
         "bash" or "sh" or "shell" => CodeLanguages.Bash,
         _ => null,
     };

@@ -25,16 +25,24 @@ public sealed class ExecuteOptions
     public string? IdempotencyKey { get; set; }
 }
 
-/// <summary>Optional settings of <see cref="SandboxSession.RunCodeAsync"/>.</summary>
+/// <summary>Optional settings of <see cref="SandboxSession.RunCodeAsync"/>, <see cref="SandboxSession.RunCodeStreamAsync"/>
+/// and <see cref="SandboxCodeContext.RunAsync"/>.</summary>
 public sealed class RunCodeOptions
 {
-    /// <summary>Time after which the run's process tree is killed. Defaults to the server's default.</summary>
+    /// <summary>Time after which the cell is interrupted (Python: <c>KeyboardInterrupt</c>); its context keeps its variables
+    /// unless it does not stop within a few seconds and is killed (<see cref="CodeResult.StateLost"/>). For bash: the process
+    /// tree is killed. Defaults to the server's default; the HTTP call waits this long plus
+    /// <see cref="SandboxClientOptions.CommandTimeoutMargin"/>.</summary>
     public TimeSpan? Timeout { get; set; }
 
-    /// <summary>Text written to standard input, which is then closed.</summary>
+    /// <summary>The code context to run in (<see cref="SandboxCodeContext.Id"/>); <see langword="null"/> for the language's
+    /// default context, made on first use. Ignored for bash, which runs in the session's shell.</summary>
+    public string? ContextId { get; set; }
+
+    /// <summary>Bash only: text written to standard input, which is then closed.</summary>
     public string? Stdin { get; set; }
 
-    /// <summary>Extra environment variables for this run only.</summary>
+    /// <summary>Bash only: extra environment variables for this run.</summary>
     public IReadOnlyDictionary<string, string>? Environment { get; set; }
 
     /// <summary>Your own idempotency key (see <see cref="ExecuteOptions.IdempotencyKey"/>).</summary>
@@ -57,15 +65,19 @@ public sealed class StartProcessOptions
     public string? IdempotencyKey { get; set; }
 }
 
-/// <summary>Language names accepted by <see cref="SandboxSession.RunCodeAsync"/>.</summary>
+/// <summary>Language names accepted by <see cref="SandboxSession.RunCodeAsync"/> (the server also takes the aliases
+/// <c>python3</c>, <c>py</c>, <c>js</c>, <c>nodejs</c>, <c>sh</c> and <c>shell</c>).</summary>
 public static class CodeLanguages
 {
-    /// <summary>Python 3.</summary>
+    /// <summary>Python 3 (IPython when the image has it): a live interpreter whose variables persist from cell to cell.</summary>
     public const string Python = "python";
 
-    /// <summary>Node.js.</summary>
+    /// <summary>JavaScript on Node.js: a live interpreter whose globals persist from cell to cell.</summary>
+    public const string JavaScript = "javascript";
+
+    /// <summary>Node.js: the same as <see cref="JavaScript"/>.</summary>
     public const string Node = "node";
 
-    /// <summary>Bash.</summary>
+    /// <summary>Bash, run in the session's shell state (as <see cref="SandboxSession.ExecuteAsync"/>).</summary>
     public const string Bash = "bash";
 }

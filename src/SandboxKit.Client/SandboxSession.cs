@@ -21,7 +21,7 @@ namespace SandboxKit.Client;
 /// and an exception from <c>await using</c> would hide the one that ended the block. Call <see cref="DeleteAsync"/>
 /// to see failures, or <see cref="Detach"/> to keep the session alive after disposal (e.g. to reuse it per user).</para>
 /// </remarks>
-public class SandboxSession : IAsyncDisposable
+public partial class SandboxSession : IAsyncDisposable
 {
     private readonly SandboxConnection? _connection;
     private readonly string _id = string.Empty;
@@ -161,38 +161,6 @@ public class SandboxSession : IAsyncDisposable
             SandboxErrorCodes.StreamError);
     }
 
-    /// <summary>Runs source code as a file with its interpreter and waits for it to finish.</summary>
-    /// <param name="language"><see cref="CodeLanguages.Python"/>, <see cref="CodeLanguages.Node"/> or <see cref="CodeLanguages.Bash"/>.</param>
-    /// <param name="code">Source text.</param>
-    /// <param name="options">Timeout, stdin, environment.</param>
-    /// <param name="cancellationToken">Cancels the wait.</param>
-    /// <returns>The result; a non-zero exit code is a normal result.</returns>
-    /// <exception cref="SandboxException">The call failed.</exception>
-    public virtual async Task<CommandResult> RunCodeAsync(
-        string language,
-        string code,
-        RunCodeOptions? options = null,
-        CancellationToken cancellationToken = default)
-    {
-        ArgumentException.ThrowIfNullOrWhiteSpace(language);
-        ArgumentNullException.ThrowIfNull(code);
-        ThrowIfDisposed();
-        var request = new RunCodeRequest
-        {
-            Language = language,
-            Code = code,
-            TimeoutSeconds = ToSeconds(options?.Timeout, "options.Timeout"),
-            Stdin = options?.Stdin,
-            Environment = options?.Environment,
-        };
-        var connection = Connection;
-        var attemptTimeout = connection.Options.CommandAttemptTimeout(options?.Timeout);
-        var result = await connection.CallAsync(
-            (api, ct) => api.RunCodeAsync(Id, request, options?.IdempotencyKey, attemptTimeout, ct),
-            cancellationToken).ConfigureAwait(false);
-        return new CommandResult(result);
-    }
-
     // ---------------------------------------------------------------- background processes
 
     /// <summary>Starts a command in the background and returns at once.</summary>
@@ -245,6 +213,48 @@ public class SandboxSession : IAsyncDisposable
         var connection = Connection;
         var info = await connection.CallAsync((api, ct) => api.GetProcessAsync(Id, processId, ct), cancellationToken).ConfigureAwait(false);
         return new SandboxProcess(connection, Id, info);
+    }
+
+    // ---------------------------------------------------------------- terminals
+
+    /// <summary>Opens a terminal: an interactive login shell (or <paramref name="command"/>) on a pseudo-terminal, attached.</summary>
+    /// <param name="cols">Columns (1-1000).</param>
+    /// <param name="rows">Rows (1-1000).</param>
+    /// <param name="command">Bash script text to run instead of the login shell.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>The attached terminal; disposing it closes it.</returns>
+    /// <exception cref="SandboxException">The call failed.</exception>
+    public virtual async Task<SandboxTerminal> OpenTerminalAsync(int cols = 80, int rows = 24, string? command = null, CancellationToken cancellationToken = default)
+    {
+        ThrowIfDisposed();
+        var connection = Connection;
+        var info = await connection.CallAsync(
+            (api, ct) => api.CreateTerminalAsync(Id, new CreateTerminalRequest { Cols = cols, Rows = rows, Command = command }, ct), cancellationToken).ConfigureAwait(false);
+        return await SandboxTerminal.AttachAsync(connection, Id, info, since: 0, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Attaches to a terminal that is already open (another client's, or one left with <see cref="SandboxTerminal.DetachAsync"/>).</summary>
+    /// <param name="terminalId">The terminal id.</param>
+    /// <param name="since">Output offset to replay from (0: everything the server still keeps).</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>The attached terminal. Clients attached to one terminal share it: each sees all output and may type.</returns>
+    /// <exception cref="SandboxException">It does not exist (404) or the call failed.</exception>
+    public virtual async Task<SandboxTerminal> AttachTerminalAsync(string terminalId, long since = 0, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(terminalId);
+        ThrowIfDisposed();
+        var connection = Connection;
+        var info = await connection.CallAsync((api, ct) => api.GetTerminalAsync(Id, terminalId, ct), cancellationToken).ConfigureAwait(false);
+        return await SandboxTerminal.AttachAsync(connection, Id, info, since, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Lists the session's terminals.</summary>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>Their descriptions, oldest first.</returns>
+    public virtual async Task<IReadOnlyList<TerminalInfo>> ListTerminalsAsync(CancellationToken cancellationToken = default)
+    {
+        ThrowIfDisposed();
+        return (await Connection.CallAsync((api, ct) => api.ListTerminalsAsync(Id, ct), cancellationToken).ConfigureAwait(false)).Terminals;
     }
 
     // ---------------------------------------------------------------- files

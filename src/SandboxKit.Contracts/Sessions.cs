@@ -38,6 +38,9 @@ public sealed record CreateSessionRequest
 
     /// <summary>Size of the session's <c>/workspace</c> disk in bytes (bounded by the server's maximum); a command that fills it gets <c>ENOSPC</c>.</summary>
     public long? DiskBytes { get; init; }
+
+    /// <summary>Network egress by allow-list, enforced outside the sandbox by the server's gateway; absent: no network at all.</summary>
+    public EgressPolicyRequest? Egress { get; init; }
 }
 
 /// <summary>A session as the server describes it.</summary>
@@ -97,6 +100,9 @@ public sealed record SessionInfo
 
     /// <summary>The version of the supervisor running in the session.</summary>
     public string? SupervisorVersion { get; init; }
+
+    /// <summary>The session's egress policy (header values never shown); null: no network.</summary>
+    public EgressPolicyInfo? Egress { get; init; }
 }
 
 /// <summary>
@@ -179,6 +185,15 @@ public sealed record UsageReport
 
     /// <summary>The largest peak memory of any one command's process tree, in bytes.</summary>
     public long PeakMemoryBytes { get; init; }
+
+    /// <summary>Egress connections and DNS answers the gateway allowed.</summary>
+    public long EgressAllowed { get; init; }
+
+    /// <summary>Egress connections and DNS queries the gateway refused.</summary>
+    public long EgressDenied { get; init; }
+
+    /// <summary>Bytes relayed out of and back into sandboxes through the gateway.</summary>
+    public long EgressBytes { get; init; }
 
     /// <summary>Since when these counters run.</summary>
     public required DateTimeOffset Since { get; init; }

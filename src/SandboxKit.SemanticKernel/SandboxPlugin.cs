@@ -5,8 +5,9 @@ using SandboxKit.Agents;
 namespace SandboxKit.SemanticKernel;
 
 /// <summary>
-/// Semantic Kernel plugin that lets a model run bash commands and Python/Node code and read, write and list files in
-/// its end user's own SandboxKit sandbox (an isolated container without network). Results are structured JSON
+/// Semantic Kernel plugin that lets a model run bash commands, run Python and JavaScript code in live interpreters (state
+/// persists between calls; figures come back as images), and read, write and list files in its end user's own SandboxKit
+/// sandbox (an isolated container without network). Results are structured JSON
 /// (<c>status</c> ok/error/timeout, <c>exitCode</c>, <c>stdout</c>, <c>stderr</c>, <c>truncated</c>, <c>error</c>), never bare strings.
 /// Add it with <see cref="SandboxKernelExtensions.AddSandboxPlugin(KernelPluginCollection, SandboxAgentTools, string)"/>.
 /// </summary>
@@ -44,22 +45,24 @@ public sealed class SandboxPlugin(SandboxAgentTools tools)
         CancellationToken cancellationToken = default) =>
         _tools.RunCommandAsync(UserOf(kernel), command, timeoutSeconds, cancellationToken);
 
-    /// <summary>Runs a Python, Node.js or bash program in the user's sandbox.</summary>
+    /// <summary>Runs Python or JavaScript code in the user's sandbox, in the live interpreter of that language (variables persist
+    /// from call to call), or bash in its shell.</summary>
     /// <param name="kernel">The kernel (supplies the user).</param>
-    /// <param name="language">python, node or bash.</param>
-    /// <param name="code">The program.</param>
+    /// <param name="language">python, javascript or bash.</param>
+    /// <param name="code">The code.</param>
     /// <param name="timeoutSeconds">Timeout in seconds.</param>
     /// <param name="cancellationToken">Cancels the call.</param>
-    /// <returns>The structured result.</returns>
+    /// <returns>The JSON result with the images the code displayed (as <see cref="ImageContent"/> and as Microsoft.Extensions.AI
+    /// content); as text, only the JSON (see <see cref="SandboxKernelCodeContents"/>).</returns>
     [KernelFunction(SandboxToolNames.RunCode)]
     [Description(SandboxToolDescriptions.RunCode)]
-    public Task<SandboxCommandResult> RunCodeAsync(
+    public async Task<SandboxKernelCodeContents> RunCodeAsync(
         Kernel kernel,
         [Description(SandboxToolDescriptions.LanguageParameter)] string language,
         [Description(SandboxToolDescriptions.CodeParameter)] string code,
         [Description(SandboxToolDescriptions.TimeoutParameter)] double? timeoutSeconds = null,
         CancellationToken cancellationToken = default) =>
-        _tools.RunCodeAsync(UserOf(kernel), language, code, timeoutSeconds, cancellationToken);
+        new(await _tools.RunCodeAsync(UserOf(kernel), language, code, timeoutSeconds, cancellationToken).ConfigureAwait(false));
 
     /// <summary>Writes a text file in the user's sandbox.</summary>
     /// <param name="kernel">The kernel (supplies the user).</param>

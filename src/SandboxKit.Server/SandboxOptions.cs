@@ -84,6 +84,14 @@ public sealed class SandboxOptions
     [Range(1024, int.MaxValue)]
     public int OutputCapBytes { get; set; } = 1 << 20;
 
+    /// <summary>Bytes of each terminal's output kept for replay after a reconnect (<c>?since=</c>).</summary>
+    [Range(64 * 1024, 16 << 20)]
+    public int TerminalReplayBytes { get; set; } = 1 << 20;
+
+    /// <summary>Bytes of each terminal's asciicast recording kept (the oldest part is dropped, with a marker).</summary>
+    [Range(64 * 1024, 64 << 20)]
+    public int TerminalRecordingBytes { get; set; } = 4 << 20;
+
     /// <summary>Largest file upload (bytes).</summary>
     [Range(1, long.MaxValue)]
     public long MaxFileBytes { get; set; } = 100L << 20;
@@ -232,6 +240,17 @@ public sealed class SandboxOptions
     /// <summary>Size of <c>/dev/shm</c> (bytes; a tmpfs, counted against the session's memory).</summary>
     [Range(1L << 20, long.MaxValue)]
     public long ShmSizeBytes { get; set; } = 64L << 20;
+
+    /// <summary>Where the server keeps state that must not be in engine labels (egress policies with their header values), per instance; root-only.
+    /// Default <c>/var/lib/sandboxkit/state/&lt;instance&gt;</c>.</summary>
+    public string? StateDirectory { get; set; }
+
+    /// <summary>The server's public base URL (e.g. <c>https://sandbox.example.com</c>) for the URLs it hands out; default: the request's scheme and host.</summary>
+    public string? PublicBaseUrl { get; set; }
+
+    /// <summary>Longest a preview URL of an exposed port works (seconds).</summary>
+    [Range(60, 30 * 86400)]
+    public int MaxPreviewSeconds { get; set; } = 86400;
 
     /// <summary>Longest command text accepted (bytes of UTF-8); longer is a 413.</summary>
     [Range(1024, 900 * 1024)]

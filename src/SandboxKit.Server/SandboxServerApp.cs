@@ -78,6 +78,12 @@ public static class SandboxServerApp
         builder.Services.AddSingleton<CommandRunner>();
         builder.Services.AddSingleton<FileService>();
         builder.Services.AddSingleton<JobService>();
+        builder.Services.AddSingleton<TerminalService>();
+        builder.Services.AddSingleton<CodeInterpreter>();
+        builder.Services.AddSingleton<SandboxKit.Server.Network.EgressService>();
+        builder.Services.AddSingleton<SandboxKit.Server.Network.PreviewService>();
+        builder.Services.AddHttpForwarder();
+        builder.Services.AddSingleton<WebSocketTickets>();
         builder.Services.AddSingleton<DiskStore>();
         builder.Services.AddSingleton<BlockIo>();
         builder.Services.AddSingleton<CapacityGuard>();
@@ -112,6 +118,9 @@ public static class SandboxServerApp
         app.MapFilesApi();
         app.MapProcessesApi();
         app.MapTerminalApi();
+        app.MapTerminalsApi();
+        app.MapContextsApi();
+        app.MapNetworkApi();
         app.MapSeedApi();
         app.MapSandboxMcp();
         return app;

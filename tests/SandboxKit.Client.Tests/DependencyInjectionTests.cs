@@ -30,7 +30,7 @@ public class DependencyInjectionTests : WireMockTestBase
 
         var client = provider.GetRequiredService<SandboxClient>();
         var session = await AttachAsync(client);
-        var result = await session.RunCodeAsync(CodeLanguages.Python, "print(1+2)");
+        var result = await session.RunCodeAsync("print(1+2)", CodeLanguages.Python);
 
         Assert.That(provider.GetRequiredService<SandboxClient>(), Is.SameAs(client));
         Assert.That(result.Stdout, Is.EqualTo("3\n"));

@@ -48,7 +48,7 @@ public class TimeoutAndCancellationTests : WireMockTestBase
         Server.Given(Request.Create().WithPath("/v1/sessions/s1/code").UsingPost())
             .RespondWith(Json(200, Result(stdout: "42\n")).WithDelay(TimeSpan.FromMilliseconds(1000)));
 
-        var result = await session.RunCodeAsync(CodeLanguages.Python, "print(42)");
+        var result = await session.RunCodeAsync("print(42)", CodeLanguages.Python);
 
         Assert.That(result.Stdout, Is.EqualTo("42\n"));
     }

@@ -85,7 +85,7 @@ public sealed class ClientEndToEndTests
         Assert.That(string.Concat(events.Where(e => e.Type == "stdout").Select(e => e.Data)), Is.EqualTo("1\n2\n3\n"));
         Assert.That(events[^1].Result!.ExitCode, Is.Zero);
 
-        var code = await session.RunCodeAsync("python", "print(sum(range(10)))");
+        var code = await session.RunCodeAsync("print(sum(range(10)))");
         Assert.That(code.Stdout, Is.EqualTo("45\n"));
 
         var process = await session.StartProcessAsync("echo bg; sleep 0.2; exit 6");

@@ -31,6 +31,12 @@ internal static class Engine
             await Docker.RemoveVolumeAsync(v.Name, CancellationToken.None);
         }
         RemoveDisks(instance);
+        // The server's per-instance state (egress policies, the gateway's CA) under its default directory.
+        var state = Path.Combine("/var/lib/sandboxkit/state", instance);
+        if (Directory.Exists(state))
+        {
+            Directory.Delete(state, recursive: true);
+        }
     }
 
     /// <summary>Where a test instance's bounded disks live (the server's default per-instance directory).</summary>

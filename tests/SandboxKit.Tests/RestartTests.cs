@@ -56,6 +56,69 @@ public sealed class RestartTests
     }
 
     [Test]
+    public async Task An_egress_policy_survives_a_SIGKILLed_server_and_applies_again_after_the_restart()
+    {
+        var instance = "test" + Guid.NewGuid().ToString("N")[..8];
+        var state = Path.Combine(Path.GetTempPath(), "sandboxkit-state-" + instance);
+        var settings = new Dictionary<string, string>
+        {
+            ["Sandbox:WarmPoolSize"] = "0",
+            ["Sandbox:StateDirectory"] = state,
+            ["Sandbox:Egress:AllowedRulePatterns:0"] = "*.test",
+            ["Sandbox:Egress:Hosts:pypi.test"] = "127.0.0.1",
+            ["Sandbox:Egress:Hosts:other.test"] = "127.0.0.1",
+            ["Sandbox:Egress:AllowedPrivateRanges:0"] = "127.0.0.1/32",
+        };
+        var server = await ServerProcess.StartAsync(instance, settings: settings);
+        ServerProcess? restarted = null;
+        try
+        {
+            var created = await server.Http.PostAsJsonAsync("/v1/sessions", new CreateSessionRequest
+            {
+                Egress = new EgressPolicyRequest
+                {
+                    Allow = ["pypi.test"],
+                    Headers = [new EgressHeaderRule { Match = "pypi.test", Headers = new Dictionary<string, string> { ["Authorization"] = "Bearer kept-secret" } }],
+                },
+            }, SandboxJsonContext.Default.CreateSessionRequest);
+            await ServerHost.EnsureAsync(created, HttpStatusCode.Created);
+            var sessionId = (await created.Content.ReadFromJsonAsync(SandboxJsonContext.Default.SessionInfo))!.Id;
+            const string Probe = "getent hosts pypi.test >/dev/null && echo allowed; getent hosts other.test >/dev/null || echo denied";
+            Assert.That((await Execute(server.Http, sessionId, Probe)).Stdout, Is.EqualTo("allowed\ndenied\n"));
+            await server.KillAsync();
+
+            restarted = await ServerProcess.StartAsync(instance, server.Port, settings);
+            var info = await restarted.Http.GetStringAsync($"/v1/sessions/{sessionId}");
+            Assert.That(info, Does.Contain("pypi.test").And.Contain("Authorization"), "the session shows its policy and header names again");
+            Assert.That(info, Does.Not.Contain("kept-secret"));
+            // A fresh name, so no answer cached by the supervisor before the kill can stand in for the gateway's.
+            await ServerHost.EnsureAsync(await restarted.Http.PatchAsJsonAsync($"/v1/sessions/{sessionId}/egress",
+                new EgressPolicyRequest { Allow = ["pypi.test", "other.test"] }, SandboxJsonContext.Default.EgressPolicyRequest), HttpStatusCode.OK);
+            Assert.That((await Execute(restarted.Http, sessionId, "getent hosts other.test >/dev/null && echo allowed")).Stdout, Is.EqualTo("allowed\n"),
+                "the restarted server's gateway answers the session's relay");
+            var policyFile = Path.Combine(state, "egress", sessionId + ".json");
+            Assert.That(File.Exists(policyFile), Is.True);
+            if (!OperatingSystem.IsWindows())
+            {
+                Assert.That(File.GetUnixFileMode(policyFile) & (UnixFileMode.GroupRead | UnixFileMode.OtherRead), Is.EqualTo(UnixFileMode.None), "root-only: it holds header values");
+            }
+            Assert.That((await restarted.Http.DeleteAsync($"/v1/sessions/{sessionId}")).StatusCode, Is.EqualTo(HttpStatusCode.NoContent));
+            Assert.That(File.Exists(policyFile), Is.False, "forgotten with its session");
+        }
+        finally
+        {
+            if (restarted is not null)
+            {
+                await restarted.KillAsync();
+                await restarted.DisposeAsync();
+            }
+            await server.DisposeAsync();
+            await Engine.RemoveAllAsync(instance);
+            Directory.Delete(state, recursive: true);
+        }
+    }
+
+    [Test]
     public async Task A_keyed_command_cut_off_by_a_SIGKILLed_server_runs_once_and_its_retry_gets_the_first_result()
     {
         var instance = "test" + Guid.NewGuid().ToString("N")[..8];

@@ -78,12 +78,4 @@ public sealed class WebSocketTests : SessionFixture
         var ps = await Host.ExecuteAsync(SessionId, "pgrep -c -x sleep || true");
         Assert.That(ps.Stdout.Trim(), Is.EqualTo("0"));
     }
-
-    [Test]
-    public async Task The_web_terminal_page_is_served()
-    {
-        var html = await Host.Http.GetStringAsync("/terminal");
-        Assert.That(html, Does.Contain("<title>SandboxKit terminal</title>"));
-        Assert.That(html, Does.Contain("/commands/ws"));
-    }
 }

@@ -76,6 +76,21 @@ internal interface ISandboxApi
     [Delete("/v1/sessions/{sessionId}/processes/{processId}")]
     Task KillProcessAsync(string sessionId, string processId, CancellationToken cancellationToken);
 
+    [Post("/v1/sessions/{sessionId}/terminals")]
+    Task<TerminalInfo> CreateTerminalAsync(string sessionId, [Body] CreateTerminalRequest request, CancellationToken cancellationToken);
+
+    [Get("/v1/sessions/{sessionId}/terminals")]
+    Task<TerminalList> ListTerminalsAsync(string sessionId, CancellationToken cancellationToken);
+
+    [Get("/v1/sessions/{sessionId}/terminals/{terminalId}")]
+    Task<TerminalInfo> GetTerminalAsync(string sessionId, string terminalId, CancellationToken cancellationToken);
+
+    [Post("/v1/sessions/{sessionId}/terminals/{terminalId}/resize")]
+    Task<TerminalInfo> ResizeTerminalAsync(string sessionId, string terminalId, [Body] ResizeTerminalRequest request, CancellationToken cancellationToken);
+
+    [Delete("/v1/sessions/{sessionId}/terminals/{terminalId}")]
+    Task CloseTerminalAsync(string sessionId, string terminalId, CancellationToken cancellationToken);
+
     [Get("/v1/sessions/{sessionId}/files/list")]
     Task<FileList> ListFilesAsync(string sessionId, [Query] string path, CancellationToken cancellationToken);
 
@@ -91,4 +106,41 @@ internal interface ISandboxApi
 
     [Delete("/v1/users/{userId}/storage")]
     Task DeleteUserStorageAsync(string userId, CancellationToken cancellationToken);
+
+    // ---------------------------------------------------------------- code interpreter: contexts (cells: RunCodeAsync above)
+
+    [Post("/v1/sessions/{sessionId}/contexts")]
+    Task<CodeContext> CreateContextAsync(string sessionId, [Body] CreateContextRequest request, CancellationToken cancellationToken);
+
+    [Get("/v1/sessions/{sessionId}/contexts")]
+    Task<CodeContextList> ListContextsAsync(string sessionId, CancellationToken cancellationToken);
+
+    [Get("/v1/sessions/{sessionId}/contexts/{contextId}")]
+    Task<CodeContext> GetContextAsync(string sessionId, string contextId, CancellationToken cancellationToken);
+
+    [Post("/v1/sessions/{sessionId}/contexts/{contextId}/restart")]
+    Task<CodeContext> RestartContextAsync(string sessionId, string contextId, CancellationToken cancellationToken);
+
+    [Post("/v1/sessions/{sessionId}/contexts/{contextId}/interrupt")]
+    Task<CodeContext> InterruptContextAsync(string sessionId, string contextId, CancellationToken cancellationToken);
+
+    [Delete("/v1/sessions/{sessionId}/contexts/{contextId}")]
+    Task DeleteContextAsync(string sessionId, string contextId, CancellationToken cancellationToken);
+
+    // ---------------------------------------------------------------- network: egress policy and preview URLs
+
+    [Patch("/v1/sessions/{sessionId}/egress")]
+    Task<SessionInfo> UpdateEgressAsync(string sessionId, [Body] EgressPolicyRequest policy, CancellationToken cancellationToken);
+
+    [Get("/v1/sessions/{sessionId}/egress/log")]
+    Task<EgressLog> GetEgressLogAsync(string sessionId, [Query] int? limit, CancellationToken cancellationToken);
+
+    [Post("/v1/sessions/{sessionId}/ports")]
+    Task<ExposedPort> ExposePortAsync(string sessionId, [Body] ExposePortRequest request, CancellationToken cancellationToken);
+
+    [Get("/v1/sessions/{sessionId}/ports")]
+    Task<ExposedPortList> ListExposedPortsAsync(string sessionId, CancellationToken cancellationToken);
+
+    [Delete("/v1/sessions/{sessionId}/ports/{port}")]
+    Task RevokePortAsync(string sessionId, int port, CancellationToken cancellationToken);
 }

@@ -16,4 +16,11 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 4, Level = LogLevel.Debug, Message = "Reusing sandbox session {SessionId} of user {UserId}")]
     public static partial void SessionReused(ILogger logger, string sessionId, string userId);
+
+    [LoggerMessage(EventId = 5, Level = LogLevel.Warning, Message = "Could not close terminal {TerminalId} of session {SessionId} on disposal; the session's end closes it")]
+    public static partial void TerminalCloseFailed(ILogger logger, Exception exception, string terminalId, string sessionId);
+
+    // Code interpreter: event ids 20-29.
+    [LoggerMessage(EventId = 20, Level = LogLevel.Warning, Message = "Could not delete code context {ContextId} of session {SessionId} on disposal; the session's end removes it")]
+    public static partial void CodeContextDeleteFailed(ILogger logger, Exception exception, string contextId, string sessionId);
 }

@@ -25,9 +25,13 @@ internal static class CommandsApi
             .Produces(StatusCodes.Status200OK, contentType: "text/event-stream")
             .ProducesStandardProblems();
         group.MapPost("/code", RunCodeAsync)
-            .WithSummary("Run python, node or bash source text as a file with its interpreter (422 when the image lacks it).")
+            .WithSummary("Run a cell in a live Python or JavaScript context (state persists; rich results as mime bundles), or bash in the session's shell.")
             .ProducesStandardProblems()
             .StartsWork();
+        group.MapPost("/code/stream", StreamCodeAsync)
+            .WithSummary("Run a cell and stream its events as Server-Sent Events: stdout, stderr, result, error, exited.")
+            .Produces(StatusCodes.Status200OK, contentType: "text/event-stream")
+            .ProducesStandardProblems();
         return group;
     }
 
@@ -40,11 +44,74 @@ internal static class CommandsApi
     }
 
     private static async Task<Ok<ExecuteResult>> RunCodeAsync(
-        HttpContext http, SessionRegistry sessions, CommandRunner commands, string id, RunCodeRequest request, CancellationToken cancellationToken)
+        HttpContext http, SessionRegistry sessions, CommandRunner commands, CodeInterpreter interpreter, string id, RunCodeRequest request, CancellationToken cancellationToken)
     {
         var session = sessions.Get(http.GetTenant(), id);
-        var run = await commands.ToRunRequestAsync(session, request, http.GetIdempotencyToken(), cancellationToken);
-        return TypedResults.Ok(await commands.ExecuteAsync(session, run, cancellationToken));
+        if (CodeInterpreter.NormalizeLanguage(request.Language) == "bash")
+        {
+            var run = await commands.ToRunRequestAsync(session, request, http.GetIdempotencyToken(), cancellationToken);
+            return TypedResults.Ok(await commands.ExecuteAsync(session, run, cancellationToken));
+        }
+        return TypedResults.Ok(await interpreter.RunAsync(session, request, cancellationToken));
+    }
+
+    private static async Task StreamCodeAsync(
+        HttpContext http, SessionRegistry sessions, CommandRunner commands, CodeInterpreter interpreter, string id, RunCodeRequest request, CancellationToken cancellationToken)
+    {
+        var session = sessions.Get(http.GetTenant(), id);
+        if (CodeInterpreter.NormalizeLanguage(request.Language) == "bash")
+        {
+            var run = await commands.ToRunRequestAsync(session, request, null, cancellationToken);
+            await using var handle = await commands.StartAsync(session, run, cancellationToken);
+            await WriteEventsAsync(http, handle.ReadEventsAsync(cancellationToken), cancellationToken);
+            return;
+        }
+        // The first event is awaited before the response starts: problems (a missing language, a busy context) stay problem responses.
+        var events = interpreter.StreamAsync(session, request, cancellationToken).GetAsyncEnumerator(cancellationToken);
+        try
+        {
+            var any = await events.MoveNextAsync();
+            await WriteEventsAsync(http, Rest(events, any), cancellationToken);
+        }
+        finally
+        {
+            await events.DisposeAsync();
+        }
+
+        static async IAsyncEnumerable<CommandEvent> Rest(IAsyncEnumerator<CommandEvent> events, bool any)
+        {
+            if (!any)
+            {
+                yield break;
+            }
+            yield return events.Current;
+            while (await events.MoveNextAsync())
+            {
+                yield return events.Current;
+            }
+        }
+    }
+
+    /// <summary>Writes events as SSE, one at a time, with keepalives; a failure after the start (headers are gone) is the stream's last event.</summary>
+    private static async Task WriteEventsAsync(HttpContext http, IAsyncEnumerable<CommandEvent> events, CancellationToken cancellationToken)
+    {
+        await using var stream = new ServerSentEvents(http.Response);
+        await stream.StartAsync(cancellationToken);
+        using var keepAlive = stream.StartKeepAlive(KeepAliveInterval, cancellationToken);
+        try
+        {
+            await foreach (var e in events.WithCancellation(cancellationToken))
+            {
+                await stream.WriteAsync(e, cancellationToken);
+            }
+        }
+        catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            if (!cancellationToken.IsCancellationRequested && e is not IOException)
+            {
+                await stream.WriteAsync(new CommandEvent { Type = CommandEventTypes.Error, Error = ProblemExceptionHandler.StreamMessage(e) }, CancellationToken.None);
+            }
+        }
     }
 
     private static async Task StreamAsync(
@@ -54,26 +121,9 @@ internal static class CommandsApi
         var run = commands.ToRunRequest(request);
         // Problems before the first byte are ordinary problem responses.
         await using var handle = await commands.StartAsync(session, run, cancellationToken);
-        await using var stream = new ServerSentEvents(http.Response);
-        await stream.StartAsync(cancellationToken);
-        using var keepAlive = stream.StartKeepAlive(KeepAliveInterval, cancellationToken);
-        try
-        {
-            // Each event is written (and flushed) before the next is read: a client that stops reading holds back
-            // this command's output in the sandbox, and nothing else.
-            await foreach (var e in handle.ReadEventsAsync(cancellationToken))
-            {
-                await stream.WriteAsync(e, cancellationToken);
-            }
-        }
-        catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
-        {
-            if (!cancellationToken.IsCancellationRequested && e is not IOException)
-            {
-                // Headers are gone; the failure travels as the stream's last event.
-                await stream.WriteAsync(new CommandEvent { Type = CommandEventTypes.Error, Error = ProblemExceptionHandler.StreamMessage(e) }, CancellationToken.None);
-            }
-        }
+        // Each event is written (and flushed) before the next is read: a client that stops reading holds back this
+        // command's output in the sandbox, and nothing else.
+        await WriteEventsAsync(http, handle.ReadEventsAsync(cancellationToken), cancellationToken);
     }
 }
 

@@ -7,11 +7,12 @@ using SandboxKit.Server.Domain;
 using SandboxKit.Server.Auth;
 using SandboxKit.Server.Exec;
 using SandboxKit.Server.Sessions;
+using SandboxKit.Server.Web;
 
 namespace SandboxKit.Server.Api;
 
 /// <summary>
-/// Commands over WebSocket (real-time output both ways) and the web terminal page built on it.
+/// Commands over WebSocket (real-time output both ways), and the web terminal page (Web/, on the terminals API).
 /// Protocol: the client's first text message is an <see cref="ExecuteRequest"/>; the server sends each
 /// <see cref="CommandEvent"/> as a text message and closes after <c>exited</c>. Without <c>stdin</c> in the request,
 /// stdin stays open: the client sends <c>{"stdin":"text"}</c>, <c>{"closeStdin":true}</c> or <c>{"signal":15}</c>.
@@ -24,10 +25,7 @@ internal static class TerminalApi
         app.MapGroup("/v1/sessions/{id}").WithTags("Commands").RequireTenant()
             .MapGet("/commands/ws", RunOverWebSocketAsync)
             .WithSummary("Run a command over a WebSocket: events out, stdin and signals in.");
-        app.MapGet("/terminal", () => Results.Content(TerminalPage.Html, "text/html; charset=utf-8"))
-            .WithTags("Terminal")
-            .WithSummary("A web terminal: each line runs in the session's shell state over the WebSocket API.")
-            .ExcludeFromDescription();
+        app.MapWebAssets();
         return app;
     }
 

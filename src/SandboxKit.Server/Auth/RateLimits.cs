@@ -26,13 +26,20 @@ internal static class RateLimits
                 }
                 var auth = context.RequestServices.GetRequiredService<Microsoft.Extensions.Options.IOptions<AuthOptions>>().Value;
                 var address = context.Connection.RemoteIpAddress?.ToString() ?? "unknown";
+                if (IsPreview(context))
+                {
+                    // A web page behind a preview URL loads its assets in bursts; its token, not a key, authorises it.
+                    return auth.PreviewRequestsPerSecond > 0
+                        ? RateLimitPartition.GetTokenBucketLimiter("preview:" + address, _ => Bucket(auth.PreviewRequestsPerSecond))
+                        : RateLimitPartition.GetNoLimiter("preview:unlimited");
+                }
                 return auth.AnonymousRequestsPerSecond > 0
                     ? RateLimitPartition.GetTokenBucketLimiter("anonymous:" + address, _ => Bucket(auth.AnonymousRequestsPerSecond))
                     : RateLimitPartition.GetNoLimiter("anonymous:unlimited");
             });
             var anonymousConcurrency = PartitionedRateLimiter.Create<HttpContext, string>(context =>
             {
-                if (context.TryGetTenant() is not null)
+                if (IsPreview(context) || context.TryGetTenant() is not null)
                 {
                     return RateLimitPartition.GetNoLimiter("tenant");
                 }
@@ -61,6 +68,8 @@ internal static class RateLimits
                     .WriteAsync(new ProblemDetailsContext { HttpContext = http, ProblemDetails = problem });
             };
         });
+
+    private static bool IsPreview(HttpContext context) => context.Request.Path.StartsWithSegments(Network.PreviewService.PathPrefix, StringComparison.Ordinal);
 
     private static TokenBucketRateLimiterOptions Bucket(int perSecond) => new()
     {

@@ -28,6 +28,9 @@ public sealed class AuthOptions
 
     /// <summary>Requests without a valid key in progress at once, over all clients.</summary>
     public int AnonymousConcurrentRequests { get; set; } = 64;
+
+    /// <summary>Requests per second per client address to preview URLs (authorised by their tokens, not keys); 0: no limit.</summary>
+    public int PreviewRequestsPerSecond { get; set; } = 200;
 }
 
 /// <summary>One API key. Give <see cref="KeySha256"/> (hex SHA-256 of the key) in production; <see cref="Key"/> is hashed at start.</summary>
@@ -84,7 +87,7 @@ internal sealed class TenantResolver
             return _anonymous;
         }
         var key = ReadKey(context.Request);
-        return key is not null && _byHash.TryGetValue(Hash(key), out var tenant) ? tenant : null;
+        return key is not null && _byHash.TryGetValue(Hash(key), out var tenant) ? tenant : FromTicket(context);
     }
 
     public Tenant Resolve(HttpContext context)
@@ -96,8 +99,8 @@ internal sealed class TenantResolver
         var key = ReadKey(context.Request);
         if (key is null)
         {
-            throw new ApiProblemException(StatusCodes.Status401Unauthorized, ProblemCodes.Unauthorized, "API key required",
-                "Send the key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.");
+            return FromTicket(context) ?? throw new ApiProblemException(StatusCodes.Status401Unauthorized, ProblemCodes.Unauthorized, "API key required",
+                "Send the key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>' (a WebSocket from a browser: a ticket as '?ticket=').");
         }
         // Hashing first makes the dictionary lookup independent of how much of the key matches.
         return _byHash.TryGetValue(Hash(key), out var tenant)
@@ -116,8 +119,20 @@ internal sealed class TenantResolver
         {
             return apiKey.Trim();
         }
-        // Browsers cannot set headers on a WebSocket handshake (the web terminal), so only there a query parameter is accepted.
-        return request.HttpContext.WebSockets.IsWebSocketRequest && request.Query["access_token"].ToString() is { Length: > 0 } token ? token : null;
+        return null;
+    }
+
+    /// <summary>A WebSocket upgrade with a ticket (<see cref="WebSocketTickets"/>): its tenant, once.</summary>
+    private static Tenant? FromTicket(HttpContext context)
+    {
+        var request = context.Request;
+        // From the headers: this runs before the WebSocket middleware, which is what would set IsWebSocketRequest.
+        if (!request.Headers.Upgrade.ToString().Contains("websocket", StringComparison.OrdinalIgnoreCase)
+            || request.Query["ticket"].ToString() is not { Length: > 0 } ticket)
+        {
+            return null;
+        }
+        return context.RequestServices.GetRequiredService<WebSocketTickets>().Redeem(ticket, request.Path.Value ?? "");
     }
 
     public static string Hash(string key) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)));

@@ -44,7 +44,7 @@ internal sealed class JobService(SessionLifecycle lifecycle, CommandRunner comma
         lifecycle.UseSupervisorAsync(session, async connection =>
         {
             var result = await JobAsync(connection, new JobRequest { Op = "list" }, null, cancellationToken).ConfigureAwait(false);
-            return (IReadOnlyList<ProcessInfo>)(result.Jobs ?? []).Select(ToInfo).OrderBy(p => p.StartedAt).ToList();
+            return (IReadOnlyList<ProcessInfo>)(result.Jobs ?? []).Where(j => !TerminalService.IsTerminal(j)).Select(ToInfo).OrderBy(p => p.StartedAt).ToList();
         }, cancellationToken);
 
     public Task<ProcessInfo> GetAsync(Session session, string id, CancellationToken cancellationToken) =>

@@ -18,7 +18,8 @@ namespace SandboxKit.Server.Mcp;
 /// through the server's own <see cref="SessionRegistry"/> and <see cref="CommandRunner"/>; arguments are validated and results
 /// shaped by the same <see cref="SandboxTools"/> as the Semantic Kernel and Microsoft.Extensions.AI integrations.
 /// Results come as structured content (with an output schema) and as the same JSON in a text block; <c>isError</c> is set
-/// whenever <c>status</c> is not <c>ok</c>.
+/// whenever <c>status</c> is not <c>ok</c>. <c>run_code</c> runs Python and JavaScript in the session's live interpreters
+/// (<see cref="CodeInterpreter"/>) and adds an image block for each image the code displayed, after the text block.
 /// </summary>
 /// <remarks>
 /// Annotations: sessions have no network (the tools cannot ask for one), so every tool is closed-world (<c>openWorld: false</c>).
@@ -31,6 +32,7 @@ internal sealed class SandboxMcpTools(
     SessionCreator creator,
     SessionLifecycle lifecycle,
     CommandRunner commands,
+    CodeInterpreter interpreter,
     FileService files,
     SandboxTools tools,
     IHttpContextAccessor http,
@@ -115,9 +117,9 @@ internal sealed class SandboxMcpTools(
         return Result(await tools.RunCommandAsync(target, command, timeoutSeconds, cancellationToken));
     }
 
-    [McpServerTool(Name = SandboxToolNames.RunCode, Title = "Run Python, Node.js or bash code",
+    [McpServerTool(Name = SandboxToolNames.RunCode, Title = "Run Python or JavaScript code in a live interpreter, or bash",
         Destructive = true, Idempotent = false, ReadOnly = false, OpenWorld = false,
-        UseStructuredContent = true, OutputSchemaType = typeof(SandboxCommandResult))]
+        UseStructuredContent = true, OutputSchemaType = typeof(SandboxCodeResult))]
     [Description(InSession + SandboxToolDescriptions.RunCode)]
     public async Task<CallToolResult> RunCodeAsync(
         [Description(SessionIdParameter)] string sessionId,
@@ -128,7 +130,7 @@ internal sealed class SandboxMcpTools(
     {
         if (Target(sessionId, out var error) is not { } target)
         {
-            return Result(SandboxCommandResult.Failed(error!));
+            return Result(SandboxCodeResult.Failed(error!));
         }
         return Result(await tools.RunCodeAsync(target, language, code, timeoutSeconds, cancellationToken));
     }
@@ -206,7 +208,7 @@ internal sealed class SandboxMcpTools(
         try
         {
             error = null;
-            return new ServerToolTarget(commands, files, Find(sessionId), options.Value.MaxFileBytes);
+            return new ServerToolTarget(commands, interpreter, files, Find(sessionId), options.Value.MaxFileBytes);
         }
         catch (SandboxToolException e)
         {
@@ -218,6 +220,17 @@ internal sealed class SandboxMcpTools(
     private static CallToolResult Result(SandboxCommandResult result) => ToCallResult(result, result.Status);
 
     private static CallToolResult Result(SandboxFileResult result) => ToCallResult(result, result.Status);
+
+    /// <summary>The JSON as structured content and a text block, then one image block per image (never inside the JSON).</summary>
+    private static CallToolResult Result(SandboxCodeResult result)
+    {
+        var call = ToCallResult(result, result.Status);
+        foreach (var image in result.Images)
+        {
+            call.Content.Add(ImageContentBlock.FromBytes(image.Data, image.MimeType));
+        }
+        return call;
+    }
 
     private static CallToolResult Result(SandboxFileListResult result) => ToCallResult(result, result.Status);
 
@@ -259,6 +272,7 @@ internal sealed record SandboxSessionResult
 }
 
 [JsonSerializable(typeof(SandboxCommandResult))]
+[JsonSerializable(typeof(SandboxCodeResult))]
 [JsonSerializable(typeof(SandboxFileResult))]
 [JsonSerializable(typeof(SandboxFileListResult))]
 [JsonSerializable(typeof(SandboxSessionResult))]

@@ -8,16 +8,19 @@ namespace SandboxKit.Server.Mcp;
 
 /// <summary>
 /// Carries the shared agent tools' calls out in-process, on a session of the caller's tenant: commands through
-/// <see cref="CommandRunner"/>, files through <see cref="FileService"/> (as the Files API does), never HTTP to itself.
+/// <see cref="CommandRunner"/>, Python and JavaScript cells through <see cref="CodeInterpreter"/> (the session's default
+/// contexts), files through <see cref="FileService"/> (as the APIs do), never HTTP to itself.
 /// Failures become <see cref="SandboxToolException"/>s whose messages are fit for a model.
 /// </summary>
-internal sealed class ServerToolTarget(CommandRunner commands, FileService files, Session session, long maxFileBytes) : ISandboxToolTarget
+internal sealed class ServerToolTarget(CommandRunner commands, CodeInterpreter interpreter, FileService files, Session session, long maxFileBytes) : ISandboxToolTarget
 {
     public Task<ExecuteResult> ExecuteAsync(ExecuteRequest request, CancellationToken cancellationToken) =>
         TranslateAsync(() => commands.ExecuteAsync(session, commands.ToRunRequest(request), cancellationToken), session.Id);
 
     public Task<ExecuteResult> RunCodeAsync(RunCodeRequest request, CancellationToken cancellationToken) =>
-        TranslateAsync(async () => await commands.ExecuteAsync(session, await commands.ToRunRequestAsync(session, request, null, cancellationToken), cancellationToken), session.Id);
+        TranslateAsync(async () => CodeInterpreter.NormalizeLanguage(request.Language) == "bash"
+            ? await commands.ExecuteAsync(session, await commands.ToRunRequestAsync(session, request, null, cancellationToken), cancellationToken)
+            : await interpreter.RunAsync(session, request, cancellationToken), session.Id);
 
     public Task<FileEntry> WriteFileAsync(string path, ReadOnlyMemory<byte> content, CancellationToken cancellationToken) =>
         TranslateAsync(() => files.WriteAsync(session, path, content, maxFileBytes, cancellationToken), session.Id);

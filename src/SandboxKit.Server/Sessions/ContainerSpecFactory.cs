@@ -16,6 +16,13 @@ internal sealed class ContainerSpecFactory(IOptions<SandboxOptions> options, San
     /// <summary>What the supervisor keeps (and its commands lose): start processes as the user, signal them, own the PTYs it makes.</summary>
     private static readonly string[] SupervisorCapabilities = ["CHOWN", "SETUID", "SETGID", "KILL"];
 
+    /// <summary>
+    /// With no network, also what the egress relay needs (a session may get a policy at any time, so every such container
+    /// has them): DNS on port 53 and a local default route inside the container's own network namespace, which holds
+    /// only its loopback.
+    /// </summary>
+    private static readonly string[] RelayCapabilities = ["NET_BIND_SERVICE", "NET_ADMIN"];
+
     private readonly SandboxOptions _options = options.Value;
 
     /// <summary>The hardened container for a session shape; every property here is checked from inside a container by the tests.</summary>
@@ -66,7 +73,9 @@ internal sealed class ContainerSpecFactory(IOptions<SandboxOptions> options, San
             Runtime = shape.Runtime == "runc" ? null : shape.Runtime,
             ReadOnlyRootFilesystem = true,
             DropAllCapabilities = true,
-            AddCapabilities = SupervisorCapabilities,
+            AddCapabilities = shape.NetworkMode == "none" ? [.. SupervisorCapabilities, .. RelayCapabilities] : SupervisorCapabilities,
+            // The relay answers DNS there; without a policy nothing does and names simply do not resolve.
+            Dns = shape.NetworkMode == "none" ? ["127.0.0.1"] : [],
             NoNewPrivileges = true,
             // The supervisor is the init: it reaps orphans and must be PID 1 for the kernel's protection of the init.
             Init = false,

@@ -43,6 +43,9 @@ internal sealed class Session
     /// <summary>The size of that disk.</summary>
     public long? DiskBytes { get; init; }
 
+    /// <summary>The egress policy (header values included: never shown or logged); null: no network.</summary>
+    public EgressPolicyRequest? Egress { get; set; }
+
     /// <summary>Set once the session is being deleted or found gone; no new work starts on it.</summary>
     public bool Closed { get; private set; }
 
@@ -171,6 +174,7 @@ internal sealed class Session
         Offers = Capabilities is { } c ? ToOffers(c) : null,
         DiskBytes = DiskBytes,
         SupervisorVersion = SupervisorVersion,
+        Egress = Network.EgressService.Describe(Egress),
     };
 
     internal static ImageOffers ToOffers(ImageCapabilities c) => new()

@@ -26,6 +26,7 @@ internal sealed class SessionCreator(
     SessionRegistry registry,
     CapacityGuard capacity,
     SessionLifecycle lifecycle,
+    Network.EgressService egress,
     UsageMeter usage,
     TimeProvider time,
     ILogger<SessionCreator> logger)
@@ -49,6 +50,12 @@ internal sealed class SessionCreator(
         var metadata = SessionRequestValidator.Metadata(request.Metadata);
         var userId = request.UserId is null ? null : SessionRequestValidator.UserId(request.UserId);
         var diskBytes = ResolveDiskBytes(request);
+        var egressPolicy = egress.Validate(request.Egress);
+        if (egressPolicy is not null && shape.NetworkMode != "none")
+        {
+            throw SandboxError.Invalid("egress is for sessions without a network (networkMode none): the gateway is their only way out.");
+        }
+        string? createdId = null;
 
         registry.Reserve(tenant);
         WarmContainer? warm = null;
@@ -61,6 +68,7 @@ internal sealed class SessionCreator(
         {
             await bundle.EnsureVolumeAsync(engine, shape.Image, cancellationToken).ConfigureAwait(false);
             var sessionId = Guid.NewGuid().ToString("N");
+            createdId = sessionId;
             DiskVolume? userStorage = null;
             if (userId is not null)
             {
@@ -145,6 +153,12 @@ internal sealed class SessionCreator(
             }
             connection = connect.Result;
             session.UseConnection(connection);
+            if (egressPolicy is not null)
+            {
+                session.Egress = egressPolicy;
+                await egress.SaveAsync(session).ConfigureAwait(false);
+                await egress.AttachAsync(session, connection, cancellationToken).ConfigureAwait(false);
+            }
             registry.Add(session);
             lease.Dispose();
             if (warm is not null)
@@ -159,6 +173,10 @@ internal sealed class SessionCreator(
         catch (Exception e)
         {
             registry.Release(tenant.Name);
+            if (createdId is not null)
+            {
+                egress.Forget(createdId);
+            }
             lease?.Dispose();
             if (warm is not null)
             {

@@ -18,6 +18,7 @@ internal sealed class SessionLifecycle(
     SupervisorDialer dialer,
     SupervisorBundle bundle,
     DiskStore disks,
+    Network.EgressService egress,
     IOptions<SandboxOptions> options,
     TimeProvider time,
     ILogger<SessionLifecycle> logger)
@@ -39,6 +40,8 @@ internal sealed class SessionLifecycle(
         try
         {
             var connection = await session.GetConnectionAsync(dialer, session.SupervisorVersion is null ? ConnectTimeout : ReconnectTimeout, cancellationToken).ConfigureAwait(false);
+            // A new connection (a reconnect, a restarted server) takes the relay's channels again.
+            await egress.AttachAsync(session, connection, cancellationToken).ConfigureAwait(false);
             return await work(connection).ConfigureAwait(false);
         }
         catch (SupervisorMismatchException e)
@@ -84,6 +87,7 @@ internal sealed class SessionLifecycle(
                 await disks.RemoveVolumeAsync(session.WorkspaceVolume, CancellationToken.None).ConfigureAwait(false);
             }
             await RemoveVolumeQuietlyAsync(session.ClaimVolume).ConfigureAwait(false);
+            egress.Forget(session.Id);
         }
         catch (VolumeInUseException e)
         {
@@ -166,6 +170,10 @@ internal sealed class SessionLifecycle(
         foreach (var claim in claims.Where(v => v.Labels.GetValueOrDefault(SessionLabels.Kind) == SessionLabels.KindClaim))
         {
             var session = SessionLabels.ToSession(claim.Name, claim.Labels);
+            if (session is not null)
+            {
+                session.Egress = egress.Load(session.Id);
+            }
             if (session is not null && running.TryGetValue(session.ContainerId, out var container) && container.Running && now < session.MaxExpiresAt)
             {
                 // Restart grants a fresh idle period; the maximum lifetime still bounds it.
@@ -203,6 +211,7 @@ internal sealed class SessionLifecycle(
             .ToList();
         var orphanDisks = await disks.SweepOrphansAsync(liveDisks).ConfigureAwait(false);
         var stale = await bundle.SweepStaleVolumesAsync(engine, cancellationToken).ConfigureAwait(false);
+        egress.SweepOrphans(registry.All.Select(x => x.Id).ToHashSet(StringComparer.Ordinal));
         logger.LogInformation("Adopted {Adopted} live sessions, removed {Removed} expired or orphaned resources, {Orphans} orphaned disk images and {Stale} unused supervisor volumes",
             adopted, removed, orphanDisks, stale);
     }

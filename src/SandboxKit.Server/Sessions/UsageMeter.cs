@@ -68,6 +68,16 @@ internal sealed class UsageMeter : IDisposable
             session.Tenant, session.UserId, session.Id, result.ExitCode, result.DurationMs, cpuMs, result.PeakMemoryBytes, result.StdoutBytes, result.StderrBytes, result.TimedOut, result.OomKilled);
     }
 
+    /// <summary>An egress decision of the gateway for one of the tenant's sessions.</summary>
+    public void EgressDecided(string tenant, bool allowed)
+    {
+        var c = For(tenant);
+        Interlocked.Increment(ref allowed ? ref c.EgressAllowed : ref c.EgressDenied);
+    }
+
+    /// <summary>Bytes a relayed egress connection carried, both ways.</summary>
+    public void EgressRelayed(string tenant, long bytes) => Interlocked.Add(ref For(tenant).EgressBytes, Math.Max(0, bytes));
+
     public UsageReport Report(string tenant, int activeSessions)
     {
         var c = For(tenant);
@@ -82,6 +92,9 @@ internal sealed class UsageMeter : IDisposable
             OutputBytes = Interlocked.Read(ref c.OutputBytes),
             CpuSeconds = Interlocked.Read(ref c.CpuMicros) / 1e6,
             PeakMemoryBytes = Interlocked.Read(ref c.PeakMemoryBytes),
+            EgressAllowed = Interlocked.Read(ref c.EgressAllowed),
+            EgressDenied = Interlocked.Read(ref c.EgressDenied),
+            EgressBytes = Interlocked.Read(ref c.EgressBytes),
             Since = _since,
         };
     }
@@ -99,5 +112,8 @@ internal sealed class UsageMeter : IDisposable
         public long OutputBytes;
         public long CpuMicros;
         public long PeakMemoryBytes;
+        public long EgressAllowed;
+        public long EgressDenied;
+        public long EgressBytes;
     }
 }

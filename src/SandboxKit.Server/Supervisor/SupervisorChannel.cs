@@ -217,6 +217,16 @@ internal sealed class SupervisorChannel : IAsyncDisposable
         }
     }
 
+    /// <summary>For a channel the server ends itself (a DNS answer): nothing more is expected on it.</summary>
+    internal void MarkAnsweredByServer()
+    {
+        lock (_gate)
+        {
+            _final = true;
+            _finalConsumed = true;
+        }
+    }
+
     /// <summary>Abandons the channel unless its final frame was read.</summary>
     public ValueTask DisposeAsync()
     {
@@ -252,7 +262,7 @@ internal sealed class SupervisorChannel : IAsyncDisposable
             {
                 return $"frame '{FrameType.Name(frame.Type)}' is not an answer to '{FrameType.Name(RequestType)}' (channel {Id})";
             }
-            if (frame.Type is FrameType.Stdout or FrameType.Stderr)
+            if (frame.Type is FrameType.Stdout or FrameType.Stderr or FrameType.EventChunk)
             {
                 var length = frame.Payload.Length;
                 if (length == 0 || length > FrameLimits.MaxDataPayload)
@@ -386,7 +396,17 @@ internal sealed class SupervisorChannel : IAsyncDisposable
             or FrameType.Credit or FrameType.Result,
         FrameType.WriteFile => type is FrameType.Result or FrameType.Error or FrameType.Credit,
         FrameType.ReadFile => type is FrameType.Stdout or FrameType.Result or FrameType.Error,
-        FrameType.Job => type is FrameType.Stdout or FrameType.Stderr or FrameType.Dropped or FrameType.Exited or FrameType.Result or FrameType.Error,
+        // Credit: input to an attached terminal (or piped job) flows within the supervisor's window.
+        FrameType.Job => type is FrameType.Stdout or FrameType.Stderr or FrameType.Dropped or FrameType.Exited or FrameType.Result or FrameType.Error or FrameType.Credit,
+        // Interpreter output, the driver's events in chunks (v … w), the cell's outcome.
+        FrameType.Context => type is FrameType.Stdout or FrameType.Stderr or FrameType.EventChunk or FrameType.EventEnd or FrameType.Result or FrameType.Error
+            or FrameType.Credit,
+        // A byte stream into the sandbox: connected, bytes out, the sandbox's half-close, the end.
+        FrameType.Connect => type is FrameType.Started or FrameType.Stdout or FrameType.HalfClose or FrameType.Result or FrameType.Error or FrameType.Credit,
+        // A DNS query of the egress relay: the server's answer ends it; the supervisor sends nothing more.
+        FrameType.DnsQuery => false,
+        // A connection out of the sandbox (egress relay), opened by the supervisor.
+        FrameType.Outbound => type is FrameType.Stdout or FrameType.HalfClose or FrameType.Result or FrameType.Error or FrameType.Credit,
         _ => type is FrameType.Result or FrameType.Error,
     };
 

@@ -32,6 +32,15 @@ internal sealed class SupervisorConnection : IAsyncDisposable
     private int _keepaliveInFlight;
     private long _lastInbound = Environment.TickCount64;
     private long _lastChannel;
+    private long _lastIncomingChannel = FrameType.SupervisorChannelBit - 1L;
+    private Func<SupervisorChannel, object, Task>? _incoming;
+    private int _openIncoming;
+
+    /// <summary>
+    /// Most supervisor-opened channels handled at once. The supervisor bounds its own (256 connections, 256 DNS queries);
+    /// the server does not rely on that, since what the sandbox sends decides how many the supervisor opens.
+    /// </summary>
+    internal const int MaxOpenIncoming = 1024;
     private long _nextPing;
     private string? _closeReason;
     private double _logTokens = 10;
@@ -63,6 +72,13 @@ internal sealed class SupervisorConnection : IAsyncDisposable
 
     /// <summary>Why it closed.</summary>
     public string? CloseReason => Volatile.Read(ref _closeReason);
+
+    /// <summary>
+    /// Takes the channels the supervisor opens (the egress relay's DNS queries <c>q</c> and connections <c>n</c>), with the
+    /// channel and its parsed opening message. Without a handler they are refused (a query goes unanswered, a
+    /// connection is reset): the relay may run before a new connection's handler is set, which is no violation.
+    /// </summary>
+    public void HandleIncomingChannels(Func<SupervisorChannel, object, Task>? handler) => Volatile.Write(ref _incoming, handler);
 
     /// <summary>True when it closed because the supervisor stopped answering (not because the container or connection went away).</summary>
     public bool Unresponsive { get; private set; }
@@ -433,6 +449,10 @@ internal sealed class SupervisorConnection : IAsyncDisposable
         {
             return DispatchControl(frame);
         }
+        if ((frame.Channel & FrameType.SupervisorChannelBit) != 0 && !_channels.ContainsKey(frame.Channel))
+        {
+            return OpenIncoming(frame);
+        }
         if (!_channels.TryGetValue(frame.Channel, out var channel))
         {
             return frame.Channel > (ulong)Interlocked.Read(ref _lastChannel)
@@ -444,15 +464,20 @@ internal sealed class SupervisorConnection : IAsyncDisposable
         {
             body = frame.Type switch
             {
-                FrameType.Stdout or FrameType.Stderr => null,
+                FrameType.Stdout or FrameType.Stderr or FrameType.EventChunk or FrameType.EventEnd or FrameType.HalfClose => null,
                 FrameType.Started => Parse(frame.Payload.Span, ProtocolJsonContext.Default.StartedEvent),
                 FrameType.Exited => Parse(frame.Payload.Span, ProtocolJsonContext.Default.ExitEvent),
                 FrameType.Error => Parse(frame.Payload.Span, ProtocolJsonContext.Default.ErrorReply),
                 FrameType.Credit => Parse(frame.Payload.Span, ProtocolJsonContext.Default.CreditGrant) is { Bytes: > 0 and <= 16 << 20 } c ? c : null,
                 FrameType.Dropped => Parse(frame.Payload.Span, ProtocolJsonContext.Default.DroppedEvent),
-                FrameType.Result => channel.RequestType == FrameType.Job || channel.RequestType == FrameType.Run
-                    ? Parse(frame.Payload.Span, ProtocolJsonContext.Default.JobResult)
-                    : Parse(frame.Payload.Span, ProtocolJsonContext.Default.FileResult),
+                FrameType.Result => channel.RequestType switch
+                {
+                    FrameType.Job or FrameType.Run => Parse(frame.Payload.Span, ProtocolJsonContext.Default.JobResult),
+                    FrameType.Context => Parse(frame.Payload.Span, ProtocolJsonContext.Default.ContextResult),
+                    FrameType.Configure => Parse(frame.Payload.Span, ProtocolJsonContext.Default.ConfigureResult),
+                    FrameType.Connect or FrameType.Outbound => Parse(frame.Payload.Span, ProtocolJsonContext.Default.StreamResult),
+                    _ => Parse(frame.Payload.Span, ProtocolJsonContext.Default.FileResult),
+                },
                 _ => throw new ProtocolViolationException($"unknown frame type '{FrameType.Name(frame.Type)}' on channel {frame.Channel}"),
             };
         }
@@ -460,7 +485,7 @@ internal sealed class SupervisorConnection : IAsyncDisposable
         {
             return $"malformed '{FrameType.Name(frame.Type)}' payload on channel {frame.Channel}: {e.Message}";
         }
-        if (body is null && frame.Type is not (FrameType.Stdout or FrameType.Stderr))
+        if (body is null && frame.Type is not (FrameType.Stdout or FrameType.Stderr or FrameType.EventChunk or FrameType.EventEnd or FrameType.HalfClose))
         {
             return $"empty or invalid '{FrameType.Name(frame.Type)}' payload on channel {frame.Channel}";
         }
@@ -475,6 +500,101 @@ internal sealed class SupervisorConnection : IAsyncDisposable
             _channels.TryRemove(frame.Channel, out _);
         }
         return null;
+    }
+
+    /// <summary>A channel the supervisor opens: ids with the high bit, increasing; only <c>q</c> and <c>n</c>.</summary>
+    private string? OpenIncoming(in Frame frame)
+    {
+        if (frame.Channel <= (ulong)Interlocked.Read(ref _lastIncomingChannel))
+        {
+            return $"supervisor channel {frame.Channel} opened again or out of order";
+        }
+        object? body;
+        try
+        {
+            body = frame.Type switch
+            {
+                FrameType.DnsQuery => Parse(frame.Payload.Span, ProtocolJsonContext.Default.DnsQueryMessage),
+                FrameType.Outbound => Parse(frame.Payload.Span, ProtocolJsonContext.Default.OutboundConnection),
+                _ => throw new ProtocolViolationException($"frame '{FrameType.Name(frame.Type)}' cannot open supervisor channel {frame.Channel}"),
+            };
+        }
+        catch (JsonException e)
+        {
+            return $"malformed '{FrameType.Name(frame.Type)}' opening channel {frame.Channel}: {e.Message}";
+        }
+        if (body is null)
+        {
+            return $"empty '{FrameType.Name(frame.Type)}' opening channel {frame.Channel}";
+        }
+        Interlocked.Exchange(ref _lastIncomingChannel, frame.Channel);
+        var channel = new SupervisorChannel(this, frame.Channel, frame.Type, _settings.Window);
+        _channels[frame.Channel] = channel;
+        var handler = Volatile.Read(ref _incoming);
+        if (handler is null || Interlocked.Increment(ref _openIncoming) > MaxOpenIncoming)
+        {
+            if (handler is not null)
+            {
+                Interlocked.Decrement(ref _openIncoming);
+            }
+            _ = RefuseIncomingAsync(channel);
+            return null;
+        }
+        // Off the read loop: a handler dials upstreams and relays for minutes.
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                await handler(channel, body).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is SupervisorUnavailableException or OperationCanceledException or IOException)
+            {
+            }
+            catch (Exception e)
+            {
+                _logger.LogWarning(e, "Egress channel {Channel} of {Session} failed", channel.Id, _settings.SessionLabel);
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _openIncoming);
+                await channel.DisposeAsync().ConfigureAwait(false);
+            }
+        });
+        return null;
+    }
+
+    private async Task RefuseIncomingAsync(SupervisorChannel channel)
+    {
+        try
+        {
+            if (channel.RequestType == FrameType.DnsQuery)
+            {
+                await AnswerDnsAsync(channel, new DnsAnswerMessage()).ConfigureAwait(false);
+            }
+            else
+            {
+                channel.Abandon();
+                await channel.SendAsync(FrameType.Kill, ReadOnlyMemory<byte>.Empty, CancellationToken.None).ConfigureAwait(false);
+            }
+        }
+        catch (SupervisorUnavailableException)
+        {
+        }
+    }
+
+    /// <summary>Answers a supervisor's DNS query; that ends its channel (the supervisor sends nothing more on it).</summary>
+    public async Task AnswerDnsAsync(SupervisorChannel channel, DnsAnswerMessage answer)
+    {
+        try
+        {
+            await SendAsync(FrameType.DnsAnswer, channel.Id, JsonSerializer.SerializeToUtf8Bytes(answer, ProtocolJsonContext.Default.DnsAnswerMessage), CancellationToken.None)
+                .ConfigureAwait(false);
+        }
+        finally
+        {
+            channel.MarkAnsweredByServer();
+            _channels.TryRemove(new KeyValuePair<uint, SupervisorChannel>(channel.Id, channel));
+        }
     }
 
     private string? DispatchControl(in Frame frame)

@@ -4,13 +4,13 @@ namespace SandboxKit.Server.Supervisor;
 
 /// <summary>
 /// One frame of a channel as its consumer sees it, already checked and parsed by the connection's read loop:
-/// <see cref="Data"/> for <c>o</c>/<c>e</c> (consecutive chunks of one stream may arrive merged), otherwise the parsed
+/// <see cref="Data"/> for <c>o</c>/<c>e</c>/<c>v</c> (consecutive chunks of one stream may arrive merged), otherwise the parsed
 /// <see cref="Body"/> (<see cref="StartedEvent"/>, <see cref="ExitEvent"/>, <see cref="ErrorReply"/>, <see cref="FileResult"/>,
 /// <see cref="JobResult"/>, <see cref="DroppedEvent"/>).
 /// </summary>
 internal readonly record struct SupervisorMessage(byte Type, ReadOnlyMemory<byte> Data, object? Body)
 {
-    public bool IsData => Type is FrameType.Stdout or FrameType.Stderr;
+    public bool IsData => Type is FrameType.Stdout or FrameType.Stderr or FrameType.EventChunk;
 
     public bool IsFinal => FrameType.IsFinal(Type);
 }

@@ -123,6 +123,57 @@ public sealed class ExtensionsAIToolsTests
     }
 
     [Test]
+    public async Task Run_code_keeps_state_and_returns_figures_as_data_content()
+    {
+        var user = NewUser("plots");
+        const string plot = "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.show()\n'plotted'";
+        var tools = new SandboxAgentTools(_sessions).CreateAIFunctions(user);
+        var (_, results) = await RunAsync([.. tools], turn => turn.Step switch
+        {
+            0 => ScriptedReply.Call("run_code", new { language = "python", code = "x = 21" }),
+            1 => ScriptedReply.Call("run_code", new { language = "python", code = "x * 2" }),
+            2 => ScriptedReply.Call("run_code", new { language = "python", code = plot }),
+            3 => ScriptedReply.Call("run_code", new { language = "python", code = "undefined_name" }),
+            4 => ScriptedReply.Call("run_code", new { language = "python", code = "while True: pass", timeoutSeconds = 1 }),
+            5 => ScriptedReply.Call("run_code", new { language = "python", code = "x" }),
+            _ => null,
+        });
+
+        Assert.That(results[0].Json.GetProperty("status").GetString(), Is.EqualTo("ok"), results[0].Json.GetRawText());
+        Assert.That(results[0].Json.GetProperty("results").GetArrayLength(), Is.Zero);
+        var doubled = results[1].Json.GetProperty("results")[0];
+        Assert.That(doubled.GetProperty("text").GetString(), Is.EqualTo("42"), "state persists between calls");
+        Assert.That(doubled.GetProperty("isMainResult").GetBoolean(), Is.True);
+        Assert.That(results[1].Attachments, Is.Empty);
+
+        var figure = results[2];
+        var image = figure.Attachments.Single();
+        Assert.That(image.MediaType, Is.EqualTo("image/png"));
+        Assert.That(image.Data.ToArray().Take(8), Is.EqualTo(new byte[] { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A }));
+        var outputs = figure.Json.GetProperty("results").EnumerateArray().ToList();
+        Assert.That(outputs.Single(o => o.TryGetProperty("image", out _)).GetProperty("image").GetInt32(), Is.EqualTo(1));
+        Assert.That(outputs.Single(o => o.TryGetProperty("image", out _)).GetProperty("text").GetString(), Does.StartWith("<Figure"), "the text fallback");
+        Assert.That(outputs.Single(o => o.GetProperty("isMainResult").GetBoolean()).GetProperty("text").GetString(), Is.EqualTo("'plotted'"));
+        Assert.That(figure.Json.GetRawText(), Does.Not.Contain("iVBOR"), "no base64 in the JSON");
+
+        Assert.That(results[3].Json.GetProperty("status").GetString(), Is.EqualTo("error"));
+        Assert.That(results[3].Json.GetProperty("error").GetString(), Does.StartWith("NameError"));
+        Assert.That(results[3].Json.GetProperty("traceback").GetString(), Does.Contain("undefined_name"));
+        Assert.That(results[4].Json.GetProperty("status").GetString(), Is.EqualTo("timeout"));
+        Assert.That(results[4].Json.GetProperty("error").GetString(), Does.Contain("interrupted").And.Contain("kept"));
+        Assert.That(results[5].Json.GetProperty("results")[0].GetProperty("text").GetString(), Is.EqualTo("21"), "the timeout kept the state");
+
+        // Images off: listed with a note, not attached.
+        var options = new SandboxToolOptions { AttachImages = false };
+        var (_, textOnly) = await RunAsync([.. new SandboxAgentTools(_sessions, options).CreateAIFunctions(user)],
+            turn => turn.Step == 0 ? ScriptedReply.Call("run_code", new { language = "python", code = plot }) : null);
+        Assert.That(textOnly[0].Attachments, Is.Empty);
+        var listed = textOnly[0].Json.GetProperty("results").EnumerateArray().Single(o => o.GetProperty("formats").EnumerateArray().Any(f => f.GetString() == "image/png"));
+        Assert.That(listed.GetProperty("note").GetString(), Does.Contain("turned off"));
+        Assert.That(listed.TryGetProperty("image", out _), Is.False);
+    }
+
+    [Test]
     public async Task Unbound_functions_act_for_the_ambient_user_and_refuse_without_one()
     {
         var tools = new SandboxAgentTools(_sessions).CreateAIFunctions();
@@ -240,5 +291,13 @@ public sealed class ExtensionsAIToolsTests
     {
         var json = JsonSerializer.Serialize(SandboxCommandResult.Failed("nope"));
         Assert.That(json, Is.EqualTo("{\"status\":\"error\",\"exitCode\":null,\"stdout\":\"\",\"stderr\":\"\",\"truncated\":false,\"error\":\"nope\"}"));
+
+        var code = SandboxCodeResult.Failed("nope") with { Images = [new SandboxImage { MimeType = "image/png", Data = new byte[] { 1, 2 } }] };
+        const string expected = "{\"status\":\"error\",\"exitCode\":null,\"stdout\":\"\",\"stderr\":\"\",\"results\":[],\"error\":\"nope\",\"truncated\":false}";
+        Assert.That(code.ToJson(), Is.EqualTo(expected));
+        Assert.That(JsonSerializer.Serialize(code), Is.EqualTo(expected), "images are never serialized, whatever the serializer");
+        var contents = code.ToAIContents();
+        Assert.That(((TextContent)contents[0]).Text, Is.EqualTo(expected));
+        Assert.That(((DataContent)contents[1]).MediaType, Is.EqualTo("image/png"));
     }
 }

@@ -139,6 +139,43 @@ public sealed class McpServerTests
     }
 
     [Test]
+    public async Task Run_code_keeps_state_in_the_session_and_returns_figures_as_image_blocks()
+    {
+        var id = await CreateSessionAsync(_alpha);
+        Task<CallToolResult> RunAsync(string code, string language = "python") =>
+            _alpha.CallToolAsync("run_code", new Dictionary<string, object?> { ["sessionId"] = id, ["language"] = language, ["code"] = code }).AsTask();
+
+        var set = await RunAsync("x = 21");
+        Assert.That(set.IsError, Is.Not.True, ((TextContentBlock)set.Content[0]).Text);
+        var doubled = Structured(await RunAsync("x * 2"));
+        Assert.That(doubled.GetProperty("results")[0].GetProperty("isMainResult").GetBoolean(), Is.True);
+        Assert.That(doubled.GetProperty("results")[0].GetProperty("text").GetString(), Is.EqualTo("42"), "state persists between calls");
+        Assert.That(doubled.GetProperty("executionCount").GetInt32(), Is.GreaterThanOrEqualTo(2));
+
+        var plot = await RunAsync("import matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.show()\n'plotted'");
+        Assert.That(plot.IsError, Is.Not.True);
+        Assert.That(plot.Content[0], Is.InstanceOf<TextContentBlock>(), "the JSON comes first, for clients without images");
+        var text = ((TextContentBlock)plot.Content[0]).Text;
+        Assert.That(text, Does.Not.Contain("iVBOR"), "no base64 in the text");
+        var image = plot.Content.OfType<ImageContentBlock>().Single();
+        Assert.That(image.MimeType, Is.EqualTo("image/png"));
+        Assert.That(image.DecodedData.ToArray().Take(8), Is.EqualTo(new byte[] { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A }));
+        var results = Structured(plot).GetProperty("results").EnumerateArray().ToList();
+        Assert.That(results.Single(r => r.TryGetProperty("image", out _)).GetProperty("image").GetInt32(), Is.EqualTo(1));
+        Assert.That(results.Single(r => r.GetProperty("isMainResult").GetBoolean()).GetProperty("text").GetString(), Is.EqualTo("'plotted'"));
+
+        var raised = await RunAsync("undefined_name");
+        Assert.That(raised.IsError, Is.True);
+        Assert.That(Structured(raised).GetProperty("error").GetString(), Does.StartWith("NameError"));
+        Assert.That(Structured(raised).GetProperty("traceback").GetString(), Does.Contain("undefined_name"));
+
+        var js = Structured(await RunAsync("globalThis.k = 6; k * 7", "javascript"));
+        Assert.That(js.GetProperty("results")[0].GetProperty("text").GetString(), Is.EqualTo("42"));
+
+        await _alpha.CallToolAsync("delete_session", new Dictionary<string, object?> { ["sessionId"] = id });
+    }
+
+    [Test]
     public async Task Calls_without_a_valid_key_are_refused_with_401()
     {
         using var http = new HttpClient { BaseAddress = _host.BaseAddress };

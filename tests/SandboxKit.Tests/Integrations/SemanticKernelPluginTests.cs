@@ -148,6 +148,52 @@ public sealed class SemanticKernelPluginTests
     }
 
     [Test]
+    public async Task Run_code_keeps_state_and_returns_figures_as_image_content_with_only_json_as_text()
+    {
+        var user = NewUser("skplot");
+        IReadOnlyList<ScriptedToolResult> results = [];
+        var model = new ScriptedChatClient(turn =>
+        {
+            results = turn.Results;
+            return turn.Step switch
+            {
+                0 => ScriptedReply.Call(SandboxToolNames.RunCode, new { language = "python", code = "x = 21" }),
+                1 => ScriptedReply.Call(SandboxToolNames.RunCode, new { language = "python", code = "import matplotlib.pyplot as plt\nplt.plot([3, 1, 2])\nplt.show()\nx * 2" }),
+                _ => ScriptedReply.Answer("done"),
+            };
+        });
+        var kernel = NewKernel(model).ForSandboxUser(user);
+
+        Assert.That(await AskAsync(kernel, "plot"), Is.EqualTo("done"));
+
+        // Through function calling the model gets the JSON only (what any serializer makes of the result).
+        var plotted = results[1].Json;
+        Assert.That(plotted.GetProperty("status").GetString(), Is.EqualTo("ok"), plotted.GetRawText());
+        var outputs = plotted.GetProperty("results").EnumerateArray().ToList();
+        Assert.That(outputs.Single(o => o.GetProperty("isMainResult").GetBoolean()).GetProperty("text").GetString(), Is.EqualTo("42"), "state persists");
+        Assert.That(outputs.Single(o => o.TryGetProperty("image", out _)).GetProperty("text").GetString(), Does.StartWith("<Figure"));
+        Assert.That(plotted.GetRawText(), Does.Not.Contain("iVBOR"), "no base64 in the text");
+
+        // Invoked directly, the images are there as ImageContent.
+        var result = await kernel.InvokeAsync(kernel.Plugins[SandboxPlugin.DefaultName][SandboxToolNames.RunCode], new KernelArguments
+        {
+            ["language"] = "python",
+            ["code"] = "plt.plot([1, 2]); plt.show()",
+        });
+        var content = result.GetValue<SandboxKernelCodeContents>()!;
+        var image = content.Images.Single();
+        Assert.That(image.MimeType, Is.EqualTo("image/png"));
+        Assert.That(image.Data!.Value.ToArray().Take(8), Is.EqualTo(new byte[] { 0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A }));
+        Assert.That(content.OfType<Microsoft.Extensions.AI.DataContent>().Single().MediaType, Is.EqualTo("image/png"), "and as M.E.AI content");
+        var message = content.ToChatMessageContent();
+        Assert.That(message.Items.OfType<ImageContent>().Count(), Is.EqualTo(1));
+        Assert.That(message.Content, Is.EqualTo(content.Result.ToJson()));
+        Assert.That(content.ToString(), Is.EqualTo(content.Result.ToJson()));
+        Assert.That(JsonSerializer.Serialize<object>(content), Is.EqualTo(content.Result.ToJson()), "serialized, it is the JSON alone");
+        Assert.That(JsonSerializer.Serialize<object>(content, AIJsonUtilities.DefaultOptions), Is.EqualTo(content.Result.ToJson()));
+    }
+
+    [Test]
     public async Task Each_user_of_a_kernel_gets_their_own_sandbox()
     {
         var alice = NewUser("alice");

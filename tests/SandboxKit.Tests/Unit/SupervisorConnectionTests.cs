@@ -300,6 +300,54 @@ public sealed class SupervisorConnectionTests
     }
 
     [Test]
+    public async Task Supervisor_opened_channels_without_a_handler_are_refused_and_ids_must_increase()
+    {
+        var (connection, fake) = await OpenAsync();
+        await using var _ = fake;
+        await using var __ = connection;
+        var query = Json(new DnsQueryMessage { Transport = "udp", Packet = "AAAA" }, ProtocolJsonContext.Default.DnsQueryMessage);
+        await fake.SendAsync(FrameType.DnsQuery, FrameType.SupervisorChannelBit + 1, query);
+        var answer = await fake.ReadAsync();
+        Assert.That((answer.Type, answer.Channel), Is.EqualTo((FrameType.DnsAnswer, FrameType.SupervisorChannelBit + 1)), "no gateway: an empty answer");
+        Assert.That(JsonSerializer.Deserialize(answer.Payload.Span, ProtocolJsonContext.Default.DnsAnswerMessage)!.Packet, Is.Null);
+
+        var outbound = Json(new OutboundConnection { Address = "127.77.0.1", Port = 443 }, ProtocolJsonContext.Default.OutboundConnection);
+        await fake.SendAsync(FrameType.Outbound, FrameType.SupervisorChannelBit + 2, outbound);
+        var reset = await fake.ReadAsync();
+        Assert.That((reset.Type, reset.Channel), Is.EqualTo((FrameType.Kill, FrameType.SupervisorChannelBit + 2)), "no gateway: the connection is reset");
+
+        await fake.SendAsync(FrameType.Outbound, FrameType.SupervisorChannelBit + 2, outbound);
+        await WaitUntilAsync(() => connection.IsClosed);
+        Assert.That(connection.IsClosed, Is.True, "an id opened again ends the connection");
+    }
+
+    [Test]
+    public async Task Supervisor_opened_channels_beyond_the_servers_bound_are_reset_without_reaching_the_handler()
+    {
+        var (connection, fake) = await OpenAsync();
+        await using var _ = fake;
+        await using var __ = connection;
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var handled = 0;
+        connection.HandleIncomingChannels(async (_, _) =>
+        {
+            Interlocked.Increment(ref handled);
+            await release.Task;
+        });
+        var outbound = Json(new OutboundConnection { Address = "127.77.0.1", Port = 80 }, ProtocolJsonContext.Default.OutboundConnection);
+        for (uint i = 1; i <= SupervisorConnection.MaxOpenIncoming + 1; i++)
+        {
+            await fake.SendAsync(FrameType.Outbound, FrameType.SupervisorChannelBit + i, outbound);
+        }
+        var reset = await fake.ReadAsync();
+        Assert.That((reset.Type, reset.Channel), Is.EqualTo((FrameType.Kill, FrameType.SupervisorChannelBit + SupervisorConnection.MaxOpenIncoming + 1)));
+        await WaitUntilAsync(() => Volatile.Read(ref handled) == SupervisorConnection.MaxOpenIncoming);
+        Assert.That(Volatile.Read(ref handled), Is.EqualTo(SupervisorConnection.MaxOpenIncoming));
+        Assert.That(connection.IsClosed, Is.False, "a bound reached is not a violation");
+        release.SetResult();
+    }
+
+    [Test]
     public async Task Supervisor_log_lines_are_escaped_clipped_and_rate_limited()
     {
         var logger = new ListLogger();
