@@ -356,6 +356,42 @@ public sealed class PreviewUrlTests : SessionFixture
         await Host.Http.DeleteAsync($"/v1/sessions/{SessionId}/ports/8765");
     }
 
+    [Test]
+    public async Task A_session_exposes_at_most_64_ports_at_once_and_bad_requests_are_problems()
+    {
+        var ports = Enumerable.Range(20000, SandboxKit.Server.Network.PreviewService.MaxPortsPerSession).ToList();
+        try
+        {
+            foreach (var p in ports)
+            {
+                await ServerHost.EnsureAsync(await Expose(p), HttpStatusCode.Created);
+            }
+            Assert.That((await Expose(ports[0])).StatusCode, Is.EqualTo(HttpStatusCode.Created), "exposing a port again renews it");
+            var over = await Expose(30000);
+            Assert.That(over.StatusCode, Is.EqualTo(HttpStatusCode.Conflict));
+            Assert.That((await ServerHost.ProblemAsync(over)).GetProperty("detail").GetString(), Does.Contain("at most 64"));
+            Assert.That((await Host.Http.DeleteAsync($"/v1/sessions/{SessionId}/ports/{ports[^1]}")).StatusCode, Is.EqualTo(HttpStatusCode.NoContent));
+            await ServerHost.EnsureAsync(await Expose(30000), HttpStatusCode.Created);
+            ports[^1] = 30000;
+
+            Assert.That((await Expose(0)).StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
+            Assert.That((await Expose(70000)).StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
+            Assert.That((await Host.Http.PostAsJsonAsync($"/v1/sessions/{SessionId}/ports", new ExposePortRequest { Port = 8080, ExpiresInSeconds = 0 },
+                SandboxJsonContext.Default.ExposePortRequest)).StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
+            Assert.That((await Host.Http.DeleteAsync($"/v1/sessions/{SessionId}/ports/31000")).StatusCode, Is.EqualTo(HttpStatusCode.NotFound));
+        }
+        finally
+        {
+            foreach (var p in ports)
+            {
+                await Host.Http.DeleteAsync($"/v1/sessions/{SessionId}/ports/{p}");
+            }
+        }
+
+        Task<HttpResponseMessage> Expose(int port) =>
+            Host.Http.PostAsJsonAsync($"/v1/sessions/{SessionId}/ports", new ExposePortRequest { Port = port }, SandboxJsonContext.Default.ExposePortRequest);
+    }
+
     private async Task WaitForPortAsync(int port)
     {
         var deadline = DateTime.UtcNow.AddSeconds(30);

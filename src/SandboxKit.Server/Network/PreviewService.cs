@@ -26,6 +26,9 @@ internal sealed class PreviewService : IDisposable
     public const string PathPrefix = "/preview";
     public const string TokenParameter = "sk_token";
 
+    /// <summary>Most ports one session may have exposed at once (the exposures live in the server's memory).</summary>
+    public const int MaxPortsPerSession = 64;
+
     private readonly ConcurrentDictionary<(string Session, int Port), Exposure> _exposures = new();
     private readonly byte[] _key = RandomNumberGenerator.GetBytes(32);
     private readonly SessionRegistry _registry;
@@ -68,10 +71,15 @@ internal sealed class PreviewService : IDisposable
         // Whole seconds: the token carries the expiry as a Unix time.
         var expires = DateTimeOffset.FromUnixTimeSeconds(_time.GetUtcNow().AddSeconds(seconds).ToUnixTimeSeconds());
         var exposure = new Exposure(Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8)), expires);
-        // Exposures of sessions that ended go with the next one made.
-        foreach (var key in _exposures.Keys.Where(k => !_registry.Contains(k.Session)))
+        // Exposures of sessions that ended, and expired ones, go with the next one made.
+        var now = _time.GetUtcNow();
+        foreach (var (key, old) in _exposures.Where(e => !_registry.Contains(e.Key.Session) || e.Value.ExpiresAt <= now).ToList())
         {
-            _exposures.TryRemove(key, out _);
+            _exposures.TryRemove(KeyValuePair.Create(key, old));
+        }
+        if (_exposures.Count(e => e.Key.Session == session.Id && e.Key.Port != request.Port) >= MaxPortsPerSession)
+        {
+            throw SandboxError.Conflict("Too many exposed ports", $"A session may expose at most {MaxPortsPerSession} ports at once; revoke one first.");
         }
         _exposures[(session.Id, request.Port)] = exposure;
         return Describe(session.Id, request.Port, exposure, baseUrl);
@@ -109,14 +117,6 @@ internal sealed class PreviewService : IDisposable
             var refused = failure?.ToString().Contains("Nothing listens", StringComparison.Ordinal) == true;
             throw new Api.ApiProblemException(StatusCodes.Status502BadGateway, ProblemCodes.SupervisorUnavailable, "Preview unavailable",
                 refused ? $"Nothing listens on port {port} in session {session.Id}." : $"The preview of port {port} could not be reached ({error}).");
-        }
-    }
-
-    public void Forget(string sessionId)
-    {
-        foreach (var key in _exposures.Keys.Where(k => k.Session == sessionId))
-        {
-            _exposures.TryRemove(key, out _);
         }
     }
 
