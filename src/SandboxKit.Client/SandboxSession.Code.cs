@@ -133,45 +133,10 @@ public partial class SandboxSession
         SandboxConnection connection, string sessionId, RunCodeRequest body, string? idempotencyKey,
         [EnumeratorCancellation] CancellationToken cancellationToken)
     {
-        using var request = new HttpRequestMessage(HttpMethod.Post, $"v1/sessions/{Uri.EscapeDataString(sessionId)}/code/stream")
+        var events = PostEventStreamAsync(connection, $"v1/sessions/{Uri.EscapeDataString(sessionId)}/code/stream",
+            SandboxConnection.JsonBody(body, SandboxJsonContext.Default.RunCodeRequest), idempotencyKey, cancellationToken);
+        await foreach (var commandEvent in events.ConfigureAwait(false))
         {
-            Content = SandboxConnection.JsonBody(body, SandboxJsonContext.Default.RunCodeRequest),
-        };
-        request.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("text/event-stream"));
-        if (idempotencyKey is not null)
-        {
-            request.Headers.TryAddWithoutValidation(SandboxRequestOptions.IdempotencyKeyHeader, idempotencyKey);
-        }
-
-        using var response = await connection.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken)
-            .ConfigureAwait(false);
-        var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
-        await using var streamScope = stream.ConfigureAwait(false);
-        var events = ServerSentEventReader.ReadAsync(stream, cancellationToken).GetAsyncEnumerator(cancellationToken);
-        await using var eventsScope = events.ConfigureAwait(false);
-
-        while (true)
-        {
-            CommandEvent? commandEvent;
-            try
-            {
-                if (!await events.MoveNextAsync().ConfigureAwait(false))
-                {
-                    break;
-                }
-
-                commandEvent = ParseEvent(events.Current);
-            }
-            catch (Exception ex) when (SandboxConnection.Translate(ex, cancellationToken) is { } translated)
-            {
-                throw translated;
-            }
-
-            if (commandEvent is null || commandEvent.Type == CommandEventTypes.KeepAlive)
-            {
-                continue;
-            }
-
             // An error with the cell's exception is the cell failing (the stream goes on to exited); one without is the stream failing.
             if (commandEvent.Type == CommandEventTypes.Error && commandEvent.Exception is null)
             {

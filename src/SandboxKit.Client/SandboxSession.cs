@@ -97,47 +97,10 @@ public partial class SandboxSession : IAsyncDisposable
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         var body = BuildExecuteRequest(command, options);
-        var connection = Connection;
-
-        using var request = new HttpRequestMessage(HttpMethod.Post, SessionPath("commands/stream"))
+        var events = PostEventStreamAsync(Connection, SessionPath("commands/stream"),
+            SandboxConnection.JsonBody(body, SandboxJsonContext.Default.ExecuteRequest), options?.IdempotencyKey, cancellationToken);
+        await foreach (var commandEvent in events.ConfigureAwait(false))
         {
-            Content = SandboxConnection.JsonBody(body, SandboxJsonContext.Default.ExecuteRequest),
-        };
-        request.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("text/event-stream"));
-        if (options?.IdempotencyKey is { } key)
-        {
-            request.Headers.TryAddWithoutValidation(SandboxRequestOptions.IdempotencyKeyHeader, key);
-        }
-
-        using var response = await connection.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken)
-            .ConfigureAwait(false);
-        var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
-        await using var streamScope = stream.ConfigureAwait(false);
-        var events = ServerSentEventReader.ReadAsync(stream, cancellationToken).GetAsyncEnumerator(cancellationToken);
-        await using var eventsScope = events.ConfigureAwait(false);
-
-        while (true)
-        {
-            CommandEvent? commandEvent;
-            try
-            {
-                if (!await events.MoveNextAsync().ConfigureAwait(false))
-                {
-                    break;
-                }
-
-                commandEvent = ParseEvent(events.Current);
-            }
-            catch (Exception ex) when (SandboxConnection.Translate(ex, cancellationToken) is { } translated)
-            {
-                throw translated;
-            }
-
-            if (commandEvent is null || commandEvent.Type == CommandEventTypes.KeepAlive)
-            {
-                continue;
-            }
-
             if (commandEvent.Type == CommandEventTypes.Error)
             {
                 throw new SandboxException(
@@ -159,6 +122,52 @@ public partial class SandboxSession : IAsyncDisposable
             $"The command stream of session {Id} ended before the command exited.",
             status: null,
             SandboxErrorCodes.StreamError);
+    }
+
+    /// <summary>
+    /// POSTs a request answered with Server-Sent Events and yields its events, keepalives left out; transport and parse
+    /// failures become <see cref="SandboxException"/>s. What an error or exited event means is the caller's.
+    /// </summary>
+    internal static async IAsyncEnumerable<CommandEvent> PostEventStreamAsync(
+        SandboxConnection connection, string path, HttpContent content, string? idempotencyKey,
+        [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, path) { Content = content };
+        request.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("text/event-stream"));
+        if (idempotencyKey is not null)
+        {
+            request.Headers.TryAddWithoutValidation(SandboxRequestOptions.IdempotencyKeyHeader, idempotencyKey);
+        }
+
+        using var response = await connection.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken)
+            .ConfigureAwait(false);
+        var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+        await using var streamScope = stream.ConfigureAwait(false);
+        var events = ServerSentEventReader.ReadAsync(stream, cancellationToken).GetAsyncEnumerator(cancellationToken);
+        await using var eventsScope = events.ConfigureAwait(false);
+
+        while (true)
+        {
+            CommandEvent? commandEvent;
+            try
+            {
+                if (!await events.MoveNextAsync().ConfigureAwait(false))
+                {
+                    yield break;
+                }
+
+                commandEvent = ParseEvent(events.Current);
+            }
+            catch (Exception ex) when (SandboxConnection.Translate(ex, cancellationToken) is { } translated)
+            {
+                throw translated;
+            }
+
+            if (commandEvent is not null && commandEvent.Type != CommandEventTypes.KeepAlive)
+            {
+                yield return commandEvent;
+            }
+        }
     }
 
     // ---------------------------------------------------------------- background processes
