@@ -15,7 +15,7 @@ public static class SandboxToolStatus
     public const string Timeout = "timeout";
 }
 
-/// <summary>Result of <c>run_command</c> and <c>run_code</c>: what a model sees, as JSON.</summary>
+/// <summary>Result of <c>run_command</c>: what a model sees, as JSON (<c>run_code</c> answers with <see cref="SandboxCodeResult"/>).</summary>
 public sealed record SandboxCommandResult
 {
     /// <summary><c>ok</c> (exit code 0), <c>error</c> (non-zero exit, or the call failed) or <c>timeout</c>.</summary>
