@@ -1,6 +1,8 @@
 using System.Net;
 using System.Net.Http.Json;
+using System.Net.WebSockets;
 using System.Text;
+using System.Text.Json;
 using SandboxKit.Contracts;
 
 namespace SandboxKit.Tests;
@@ -156,6 +158,62 @@ public sealed class CodeInterpreterTests : SessionFixture
         Assert.That(merged, Is.EqualTo(new[] { "stdout", "result", "result", "exited" }), text);
         Assert.That(text, Does.Contain("text/markdown"));
     }
+
+    [Test]
+    public async Task A_cell_over_a_websocket_streams_its_events_and_takes_an_interrupt()
+    {
+        await RunAsync("python", "ws_state = 'kept'");
+        using var socket = new ClientWebSocket();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await socket.ConnectAsync(new UriBuilder(Host.BaseAddress) { Scheme = "ws", Path = $"/v1/sessions/{SessionId}/code/ws" }.Uri, timeout.Token);
+        await SendTextAsync(socket, JsonSerializer.Serialize(new RunCodeRequest { Language = "python", Code = "print('waiting', flush=True)\nimport time\ntime.sleep(120)" },
+            SandboxJsonContext.Default.RunCodeRequest), timeout.Token);
+
+        var events = new List<CommandEvent>();
+        var buffer = new byte[1 << 20];
+        while (true)
+        {
+            var received = await socket.ReceiveAsync(buffer, timeout.Token);
+            if (received.MessageType == WebSocketMessageType.Close)
+            {
+                break;
+            }
+            var e = JsonSerializer.Deserialize(buffer.AsSpan(0, received.Count), SandboxJsonContext.Default.CommandEvent)!;
+            events.Add(e);
+            if (e.Type == CommandEventTypes.Stdout && events.Count(x => x.Type == CommandEventTypes.Stdout) == 1)
+            {
+                await SendTextAsync(socket, "{\"interrupt\":true}", timeout.Token);
+            }
+        }
+        await socket.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "done", CancellationToken.None);
+
+        Assert.That(string.Concat(events.Where(e => e.Type == CommandEventTypes.Stdout).Select(e => e.Data)), Is.EqualTo("waiting\n"));
+        Assert.That(events.Single(e => e.Type == CommandEventTypes.Error).Exception!.Name, Is.EqualTo("KeyboardInterrupt"));
+        var exited = events.Last();
+        Assert.That(exited.Type, Is.EqualTo(CommandEventTypes.Exited));
+        Assert.That((exited.Result!.Interrupted, exited.Result.StateLost, exited.Result.TimedOut), Is.EqualTo((true, false, false)));
+        Assert.That(MainText(await RunAsync("python", "ws_state")), Is.EqualTo("'kept'"), "the interrupt kept the context's state");
+    }
+
+    [Test]
+    public async Task A_bad_first_message_on_the_code_websocket_is_an_error_event_and_a_close()
+    {
+        foreach (var first in new[] { "not json", "{\"language\":\"cobol\",\"code\":\"1\"}", "{\"language\":\"bash\",\"code\":\"echo\"}" })
+        {
+            using var socket = new ClientWebSocket();
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            await socket.ConnectAsync(new UriBuilder(Host.BaseAddress) { Scheme = "ws", Path = $"/v1/sessions/{SessionId}/code/ws" }.Uri, timeout.Token);
+            await SendTextAsync(socket, first, timeout.Token);
+            var buffer = new byte[64 * 1024];
+            var received = await socket.ReceiveAsync(buffer, timeout.Token);
+            var e = JsonSerializer.Deserialize(buffer.AsSpan(0, received.Count), SandboxJsonContext.Default.CommandEvent)!;
+            Assert.That(e.Type, Is.EqualTo(CommandEventTypes.Error), first);
+            Assert.That((await socket.ReceiveAsync(buffer, timeout.Token)).MessageType, Is.EqualTo(WebSocketMessageType.Close), first);
+        }
+    }
+
+    private static Task SendTextAsync(ClientWebSocket socket, string text, CancellationToken cancellationToken) =>
+        socket.SendAsync(Encoding.UTF8.GetBytes(text), WebSocketMessageType.Text, true, cancellationToken);
 
     [Test]
     public async Task Code_in_an_image_without_the_interpreter_is_a_422()

@@ -25,6 +25,9 @@ internal static class TerminalApi
         app.MapGroup("/v1/sessions/{id}").WithTags("Commands").RequireTenant()
             .MapGet("/commands/ws", RunOverWebSocketAsync)
             .WithSummary("Run a command over a WebSocket: events out, stdin and signals in.");
+        app.MapGroup("/v1/sessions/{id}").WithTags("Code").RequireTenant()
+            .MapGet("/code/ws", RunCodeOverWebSocketAsync)
+            .WithSummary("Run a cell over a WebSocket: its events out (stdout, stderr, result, error, exited), {\"interrupt\":true} in.");
         app.MapWebAssets();
         return app;
     }
@@ -95,6 +98,94 @@ internal static class TerminalApi
             {
                 await handle.DisposeAsync();
             }
+        }
+    }
+
+    /// <summary>
+    /// A code cell over a WebSocket: the first text message is a <see cref="RunCodeRequest"/> (python or javascript), every
+    /// event of the cell goes out as a text message as it comes, and the socket closes after <c>exited</c>. The client may
+    /// send <c>{"interrupt":true}</c> meanwhile (the cell's context gets SIGINT and keeps its state); a client that leaves
+    /// abandons the cell's output, like an SSE client.
+    /// </summary>
+    private static async Task RunCodeOverWebSocketAsync(HttpContext http, SessionRegistry sessions, CodeInterpreter interpreter, string id)
+    {
+        var session = sessions.Get(http.GetTenant(), id);
+        if (!http.WebSockets.IsWebSocketRequest)
+        {
+            throw SandboxError.Invalid("This endpoint needs a WebSocket upgrade.");
+        }
+        using var socket = await http.WebSockets.AcceptWebSocketAsync();
+        var first = await ReceiveTextAsync(socket, http.RequestAborted);
+        RunCodeRequest? request;
+        string language;
+        try
+        {
+            request = first is null ? null : JsonSerializer.Deserialize(first, SandboxJsonContext.Default.RunCodeRequest);
+            language = CodeInterpreter.NormalizeLanguage(request?.Language);
+        }
+        catch (Exception e) when (e is JsonException or SandboxError)
+        {
+            await CloseWithErrorAsync(socket, e is JsonException ? "Malformed JSON: " + e.Message : e.Message);
+            return;
+        }
+        if (request is null || language == "bash")
+        {
+            await CloseWithErrorAsync(socket, request is null ? "The first message must be a RunCodeRequest." : "bash runs in the session's shell: use /commands/ws.");
+            return;
+        }
+
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted);
+        var contextId = request.ContextId ?? CodeInterpreter.DefaultContextId(language);
+        var inbound = PumpCodeInboundAsync(socket, session, interpreter, contextId, stop);
+        try
+        {
+            await foreach (var e in interpreter.StreamAsync(session, request, stop.Token))
+            {
+                await SendAsync(socket, e, stop.Token);
+            }
+            await socket.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "exited", CancellationToken.None);
+        }
+        catch (Exception e) when (e is not OperationCanceledException and not WebSocketException && socket.State == WebSocketState.Open)
+        {
+            await SendAsync(socket, new CommandEvent { Type = CommandEventTypes.Error, Error = ProblemExceptionHandler.StreamMessage(e) }, CancellationToken.None);
+            await socket.CloseOutputAsync(WebSocketCloseStatus.InternalServerError, "error", CancellationToken.None);
+        }
+        catch (Exception e) when (e is OperationCanceledException or WebSocketException)
+        {
+            // The client left.
+        }
+        finally
+        {
+            if (socket.State is WebSocketState.CloseSent)
+            {
+                // As for commands: let the client answer our close before the pending receive is cancelled.
+                await Task.WhenAny(inbound, Task.Delay(TimeSpan.FromSeconds(2)));
+            }
+            await stop.CancelAsync();
+            await inbound.ContinueWith(_ => { }, TaskScheduler.Default);
+        }
+    }
+
+    private static async Task PumpCodeInboundAsync(WebSocket socket, Session session, CodeInterpreter interpreter, string contextId, CancellationTokenSource stop)
+    {
+        try
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                var text = await ReceiveTextAsync(socket, stop.Token);
+                if (text is null)
+                {
+                    await stop.CancelAsync();
+                    return;
+                }
+                if (JsonSerializer.Deserialize(text, TerminalJsonContext.Default.CodeInput)?.Interrupt == true)
+                {
+                    await interpreter.InterruptAsync(session, contextId, stop.Token);
+                }
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or WebSocketException or JsonException or SandboxError)
+        {
         }
     }
 
@@ -175,5 +266,12 @@ internal sealed record TerminalInput
     [JsonPropertyName("signal")] public int? Signal { get; init; }
 }
 
+/// <summary>A client message after the first on a code WebSocket.</summary>
+internal sealed record CodeInput
+{
+    [JsonPropertyName("interrupt")] public bool? Interrupt { get; init; }
+}
+
 [JsonSerializable(typeof(TerminalInput))]
+[JsonSerializable(typeof(CodeInput))]
 internal sealed partial class TerminalJsonContext : JsonSerializerContext;
